@@ -1,0 +1,1 @@
+"""Iris prediction server: FastAPI app serving the model exported to the shared models volume."""

@@ -1,0 +1,193 @@
+"""FastAPI app: the Iris prediction API over the model holder (model loaded in lifespan, hot-reloaded)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+from collections.abc import AsyncIterator
+
+import numpy as np
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from .config import Settings
+from .metrics import Metrics, MetricsMiddleware, worker_exiting
+from .model import ModelHolder
+from .schemas import MAX_BATCH, BatchPredictResponse, PredictRequest, PredictResponse
+
+log = logging.getLogger("app")
+
+MAX_BODY_BYTES = 1024 * 1024
+"""Bodies above this are refused with 413 before parsing (a full batch of MAX_BATCH rows is ~60 KB)."""
+
+
+def _field(loc) -> str:
+    """("instances", 2, 0) -> "instances[2][0]"; the body itself -> "body"."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "body"
+
+
+def _unprocessable(errors: list[dict]) -> JSONResponse:
+    return JSONResponse(status_code=422, content={"detail": errors})
+
+
+def _validation_errors(exc: ValidationError) -> list[dict]:
+    out = []
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = list(err["loc"])
+        msg = err["msg"]
+        if err["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
+        out.append({"field": _field(loc), "loc": ["body", *loc], "msg": msg, "type": err["type"]})
+    return out
+
+
+def _json_bytes(content: dict) -> bytes:
+    return json.dumps(content, separators=(",", ":"), allow_nan=False).encode()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    holder = ModelHolder(settings.models_dir, settings.model_name)
+    metrics = Metrics()
+    retry_after = str(max(1, math.ceil(settings.reload_interval_seconds)))
+
+    def pick_up() -> None:
+        old = holder.current
+        outcome = holder.load()
+        if outcome.status == "loaded":
+            metrics.model_swapped(old, outcome.model)
+            metrics.reloads.labels("loaded").inc()
+        elif outcome.status == "refused":
+            metrics.reloads.labels("refused").inc()
+
+    async def reload_loop() -> None:
+        while True:
+            await asyncio.sleep(settings.reload_interval_seconds)
+            try:
+                await asyncio.to_thread(pick_up)
+            except Exception:  # the loop must outlive any surprise; the old model keeps serving
+                log.exception("model reload check failed")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(pick_up)
+        if not holder.ready:
+            log.warning(
+                "no model published yet at %s; not ready, checking every %ss",
+                holder.pointer_path,
+                settings.reload_interval_seconds,
+            )
+        task = asyncio.create_task(reload_loop())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            worker_exiting()
+
+    app = FastAPI(
+        title="Iris classifier",
+        description=(
+            "Predicts the Iris species from 4 measurements with the model promoted in MLflow and exported "
+            f"to the shared models volume. Batches hold at most {MAX_BATCH} instances."
+        ),
+        version="1.0.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.holder = holder
+    app.state.metrics = metrics
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+    def not_ready() -> JSONResponse:
+        return JSONResponse(
+            status_code=503,
+            content={"detail": f"no model loaded yet (waiting for {holder.pointer_path})"},
+            headers={"Retry-After": retry_after},
+        )
+
+    @app.get("/health", summary="Liveness: the process answers (never depends on a model)")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/ready", summary="Readiness: a model is loaded", responses={503: {"description": "no model yet"}})
+    async def ready() -> JSONResponse:
+        model = holder.current
+        if model is None:
+            return JSONResponse(
+                status_code=503, content={"ready": False, "model_version": None}, headers={"Retry-After": retry_after}
+            )
+        return JSONResponse({"ready": True, "model_version": model.version})
+
+    @app.get("/model", summary="The model in service: version, run id, metrics, when loaded")
+    async def model_info() -> JSONResponse:
+        model = holder.current
+        if model is None:
+            return not_ready()
+        return JSONResponse(model.describe())
+
+    @app.get("/metrics", summary="Prometheus metrics (all workers)")
+    async def prometheus() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    request_schema = PredictRequest.model_json_schema()
+
+    @app.post(
+        "/predict",
+        summary="Predict the species of one flower (features) or a batch (instances)",
+        response_model=PredictResponse | BatchPredictResponse,
+        responses={
+            413: {"description": f"body larger than {MAX_BODY_BYTES} bytes"},
+            422: {"description": "invalid input: each error names the field and the reason"},
+            503: {"description": "no model loaded yet (Retry-After)"},
+        },
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": request_schema}}}},
+    )
+    async def predict(request: Request) -> Response:
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY_BYTES:
+                return JSONResponse(status_code=413, content={"detail": f"body exceeds {MAX_BODY_BYTES} bytes"})
+        try:
+            payload = json.loads(body)  # NaN/Infinity parse here and are refused by validation below
+        except (ValueError, UnicodeDecodeError) as exc:
+            reason = "empty body" if not body else f"not valid JSON: {exc}"
+            return _unprocessable([{"field": "body", "loc": ["body"], "msg": reason, "type": "json_invalid"}])
+        try:
+            req = PredictRequest.model_validate(payload)
+        except ValidationError as exc:
+            return _unprocessable(_validation_errors(exc))
+        model = holder.current  # one model object for the whole request
+        if model is None:
+            return not_ready()
+        single = req.features is not None
+        rows = np.array([req.features] if single else req.instances, dtype=np.float64)
+        proba = await run_in_threadpool(model.predict_proba, rows)
+        ids = proba.argmax(axis=1)
+        metrics.count_predictions(model.class_names, np.bincount(ids, minlength=len(model.class_names)))
+        names = model.class_names
+        preds = [
+            {"class_id": i, "class_name": names[i], "probabilities": dict(zip(names, p, strict=True))}
+            for i, p in zip(ids.tolist(), proba.tolist(), strict=True)
+        ]
+        if single:
+            content = {**preds[0], "model_version": model.version}
+        else:
+            content = {"predictions": preds, "model_version": model.version}
+        return Response(_json_bytes(content), media_type="application/json")
+
+    return app
+
+
+app = create_app()

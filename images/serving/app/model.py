@@ -1,0 +1,273 @@
+"""The model holder: finds the published model on the shared volume, checks it, and swaps it in.
+
+Layout (docs/interfaces.md)::
+
+    <models_dir>/<model_name>/current.json          {"dir", "version", "run_id", "published_at"}
+    <models_dir>/<model_name>/versions/<dir>/model.joblib
+    <models_dir>/<model_name>/versions/<dir>/metadata.json
+
+The holder never writes into models_dir. A new model is loaded and checked beside the one in
+service; only a model that passes every check replaces it, by rebinding a single reference.
+A request takes that reference once (``holder.current``) and uses the same object throughout,
+so it never mixes two versions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import sklearn
+
+log = logging.getLogger("app.model")
+
+POINTER_FILE = "current.json"
+VERSIONS_DIR = "versions"
+MODEL_FILE = "model.joblib"
+METADATA_FILE = "metadata.json"
+FORMAT = "sklearn-joblib"
+N_FEATURES = 4
+# A known Iris row (the guide's request): every candidate must answer it sanely before it serves.
+CHECK_ROW = np.array([[5.1, 3.5, 1.4, 0.2]], dtype=np.float64)
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+# Inputs are validated as finite numbers before they reach the model; skip scikit-learn's re-check.
+sklearn.set_config(assume_finite=True)
+
+
+class ModelError(Exception):
+    """A published model that cannot be served (unreadable, corrupt or incompatible)."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class LoadedModel:
+    """One loaded, checked model; immutable, so a request holding it sees one version throughout."""
+
+    estimator: Any
+    version: str
+    run_id: str | None
+    dir: str
+    class_names: tuple[str, ...]
+    feature_names: tuple[str, ...]
+    metadata: dict
+    pointer: dict
+    loaded_at: str
+
+    def predict_proba(self, rows: np.ndarray) -> np.ndarray:
+        """Class probabilities, shape (len(rows), len(class_names)); column i is class id i."""
+        return self.estimator.predict_proba(rows)
+
+    def describe(self) -> dict:
+        meta = self.metadata
+        return {
+            "name": meta.get("name"),
+            "version": self.version,
+            "run_id": self.run_id,
+            "run_name": meta.get("run_name"),
+            "params": meta.get("params", {}),
+            "metrics": meta.get("metrics", {}),
+            "feature_names": list(self.feature_names),
+            "class_names": list(self.class_names),
+            "sklearn_version": meta.get("sklearn_version"),
+            "created_at": meta.get("created_at"),
+            "published_at": self.pointer.get("published_at"),
+            "dir": self.dir,
+            "loaded_at": self.loaded_at,
+        }
+
+
+@dataclass
+class LoadOutcome:
+    """What one ``ModelHolder.load()`` call did: none, unchanged, loaded or refused."""
+
+    status: str
+    model: LoadedModel | None = None
+    reason: str | None = None
+    pointer: dict = field(default_factory=dict)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _string_list(meta: dict, key: str, path: Path) -> tuple[str, ...]:
+    value = meta.get(key)
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise ModelError(f"{path}: {key!r} must be a non-empty list of names, got {value!r}")
+    return tuple(value)
+
+
+def read_metadata(version_dir: Path) -> dict:
+    path = version_dir / METADATA_FILE
+    try:
+        meta = json.loads(path.read_bytes())
+    except FileNotFoundError as exc:
+        raise ModelError(f"{path} is missing") from exc
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path} is not readable JSON: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise ModelError(f"{path} must hold a JSON object, got {type(meta).__name__}")
+    if meta.get("format") != FORMAT:
+        raise ModelError(f"{path}: 'format' must be {FORMAT!r}, got {meta.get('format')!r}")
+    return meta
+
+
+def check_model(estimator: Any, meta: dict, version_dir: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Refuse anything this server cannot answer the Iris API with; returns (class_names, feature_names)."""
+    meta_path = version_dir / METADATA_FILE
+    class_names = _string_list(meta, "class_names", meta_path)
+    feature_names = _string_list(meta, "feature_names", meta_path)
+    if len(feature_names) != N_FEATURES:
+        raise ModelError(f"{meta_path}: 'feature_names' must name {N_FEATURES} features, got {len(feature_names)}")
+    if not callable(getattr(estimator, "predict_proba", None)):
+        raise ModelError(f"{version_dir / MODEL_FILE}: {type(estimator).__name__} has no predict_proba")
+    n_in = getattr(estimator, "n_features_in_", None)
+    if n_in != N_FEATURES:
+        raise ModelError(f"{version_dir / MODEL_FILE}: the model takes {n_in} features, the API sends {N_FEATURES}")
+    classes = getattr(estimator, "classes_", None)
+    expected = list(range(len(class_names)))
+    if classes is None or [c.item() if hasattr(c, "item") else c for c in classes] != expected:
+        raise ModelError(
+            f"{version_dir / MODEL_FILE}: the model's classes {None if classes is None else list(classes)} "
+            f"do not match the {len(class_names)} class names {list(class_names)} (expected ids {expected})"
+        )
+    try:
+        proba = np.asarray(estimator.predict_proba(CHECK_ROW), dtype=np.float64)
+    except Exception as exc:  # noqa: BLE001 - any failure on the check row refuses the model
+        raise ModelError(f"{version_dir / MODEL_FILE}: predicting the check row failed: {exc!r}") from exc
+    if (
+        proba.shape != (1, len(class_names))
+        or not np.all(np.isfinite(proba))
+        or not math.isclose(float(proba.sum()), 1.0, abs_tol=1e-6)
+    ):
+        raise ModelError(
+            f"{version_dir / MODEL_FILE}: the check row gave probabilities {proba.tolist()} "
+            f"(expected {len(class_names)} finite values summing to 1)"
+        )
+    return class_names, feature_names
+
+
+def load_version(version_dir: Path, pointer: dict) -> LoadedModel:
+    """Load and check one version directory; raises ModelError naming the file and the problem."""
+    meta = read_metadata(version_dir)
+    if str(meta.get("version")) != str(pointer.get("version")):
+        raise ModelError(
+            f"{version_dir / METADATA_FILE}: version {meta.get('version')!r} does not match "
+            f"{POINTER_FILE}'s version {pointer.get('version')!r}"
+        )
+    trained_with = meta.get("sklearn_version")
+    if trained_with is not None and trained_with != sklearn.__version__:
+        raise ModelError(
+            f"{version_dir / METADATA_FILE}: the model was trained with scikit-learn {trained_with}, "
+            f"this server runs {sklearn.__version__}; pickles are only safe within one version"
+        )
+    model_path = version_dir / MODEL_FILE
+    try:
+        estimator = joblib.load(model_path)
+    except FileNotFoundError as exc:
+        raise ModelError(f"{model_path} is missing") from exc
+    except Exception as exc:  # noqa: BLE001 - truncated or foreign pickles raise anything
+        raise ModelError(f"{model_path} could not be loaded: {exc!r}") from exc
+    class_names, feature_names = check_model(estimator, meta, version_dir)
+    if hasattr(estimator, "n_jobs"):
+        # One request = one thread: joblib workers per call only add overhead for small inputs.
+        estimator.n_jobs = 1
+    return LoadedModel(
+        estimator=estimator,
+        version=str(meta["version"]),
+        run_id=meta.get("run_id"),
+        dir=version_dir.name,
+        class_names=class_names,
+        feature_names=feature_names,
+        metadata=meta,
+        pointer=pointer,
+        loaded_at=_now(),
+    )
+
+
+class ModelHolder:
+    """Holds the model in service for one worker process.
+
+    ``load()`` checks current.json and, when it points somewhere new, loads and checks that
+    model beside the current one and swaps it in. A model that fails is refused and logged; the
+    same pointer is not retried until current.json changes again.
+    """
+
+    def __init__(self, models_dir: str | Path, model_name: str) -> None:
+        self.root = Path(models_dir) / model_name
+        self.pointer_path = self.root / POINTER_FILE
+        self._current: LoadedModel | None = None
+        self._seen: bytes | None = None  # raw current.json last acted on (loaded or refused)
+        self._lock = threading.Lock()
+
+    @property
+    def current(self) -> LoadedModel | None:
+        return self._current
+
+    @property
+    def ready(self) -> bool:
+        return self._current is not None
+
+    def predict(self, rows: np.ndarray) -> tuple[LoadedModel, np.ndarray]:
+        """Probabilities from the model in service, with that model; raises ModelError when none."""
+        model = self._current
+        if model is None:
+            raise ModelError("no model loaded yet")
+        return model, model.predict_proba(rows)
+
+    def _parse_pointer(self, raw: bytes) -> dict:
+        try:
+            pointer = json.loads(raw)
+        except ValueError as exc:
+            raise ModelError(f"{self.pointer_path} is not valid JSON: {exc}") from exc
+        if not isinstance(pointer, dict):
+            raise ModelError(f"{self.pointer_path} must hold a JSON object, got {type(pointer).__name__}")
+        dir_name = pointer.get("dir")
+        if not isinstance(dir_name, str) or not _SAFE_NAME.match(dir_name):
+            raise ModelError(f"{self.pointer_path}: 'dir' must be a plain directory name, got {dir_name!r}")
+        if pointer.get("version") is None:
+            raise ModelError(f"{self.pointer_path}: 'version' is missing")
+        return pointer
+
+    def load(self) -> LoadOutcome:
+        """Pick up a newly published model if there is one. Safe to call from any thread."""
+        with self._lock:
+            try:
+                raw = self.pointer_path.read_bytes()
+            except FileNotFoundError:
+                return LoadOutcome("none", self._current)
+            except OSError as exc:
+                log.warning("cannot read %s: %s", self.pointer_path, exc)
+                return LoadOutcome("none", self._current, reason=str(exc))
+            if raw == self._seen:
+                return LoadOutcome("unchanged", self._current)
+            self._seen = raw
+            pointer: dict = {}
+            try:
+                pointer = self._parse_pointer(raw)
+                candidate = load_version(self.root / VERSIONS_DIR / pointer["dir"], pointer)
+            except ModelError as exc:
+                serving = self._current.version if self._current else None
+                log.error("refused model %s: %s (still serving version %s)", pointer.get("version", "?"), exc, serving)
+                return LoadOutcome("refused", self._current, reason=str(exc), pointer=pointer)
+            previous = self._current
+            self._current = candidate  # the swap: one reference, rebound atomically
+            log.info(
+                "loaded model %s version %s (run %s) from %s%s",
+                self.root.name,
+                candidate.version,
+                candidate.run_id,
+                candidate.dir,
+                f", replacing version {previous.version}" if previous else "",
+            )
+            return LoadOutcome("loaded", candidate, pointer=pointer)
