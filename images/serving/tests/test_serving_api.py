@@ -116,7 +116,10 @@ def test_metrics(client):
     assert metric_value(text, "serving_http_requests_total", endpoint="/predict", method="POST", status="422") == 1
     assert metric_value(text, "serving_http_requests_total", endpoint="unmatched", status="404") == 1
     assert metric_value(text, "serving_http_request_duration_seconds_count", endpoint="/predict", status="200") == 4
-    assert metric_value(text, "serving_http_request_duration_seconds_bucket", endpoint="/predict", status="200", le="+Inf") == 4
+    assert (
+        metric_value(text, "serving_http_request_duration_seconds_bucket", endpoint="/predict", status="200", le="+Inf")
+        == 4
+    )
     assert metric_value(text, "serving_predictions_total", class_name="setosa") == 7
     assert metric_value(text, "serving_predictions_total", class_name="virginica") is None
     assert metric_value(text, "serving_model_info", version="1", run_id="run-1") == 1
