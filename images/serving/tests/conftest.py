@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import sys
 from collections.abc import Callable, Iterator
@@ -57,6 +58,8 @@ def publish_broken(models_dir: Path) -> Callable[..., Path]:
     def _publish(good_dir: Path, version: int | str, damage: Callable[[Path], None]) -> Path:
         bad = good_dir.parent / f"broken-{version}"
         shutil.copytree(good_dir, bad)
+        meta = json.loads((bad / "metadata.json").read_text())
+        (bad / "metadata.json").write_text(json.dumps({**meta, "version": str(version), "run_id": f"run-{version}"}))
         damage(bad)
         pointer = {"dir": bad.name, "version": str(version), "run_id": f"run-{version}", "published_at": "now"}
         write_pointer(models_dir / MODEL_NAME, pointer)

@@ -1,0 +1,173 @@
+"""Hot reload in one process: a newly published model is picked up; a broken one is refused and logged."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import joblib
+import numpy as np
+import pytest
+import sklearn
+from serving_helpers import GUIDE_REQUEST, metric_value, wait_for
+from sklearn.ensemble import RandomForestClassifier
+
+from app.model import ModelHolder
+
+
+def served_version(client) -> str | None:
+    resp = client.get("/model")
+    return resp.json()["version"] if resp.status_code == 200 else None
+
+
+def refusals(client) -> float:
+    return metric_value(client.get("/metrics").text, "serving_model_reloads_total", result="refused") or 0
+
+
+def test_new_model_is_picked_up_within_the_interval(client, publish, trained):
+    assert served_version(client) == "1"
+    publish(trained["big"], 2)
+    wait_for(lambda: served_version(client) == "2", timeout=5, what="version 2 to be served")
+    body = client.post("/predict", json=GUIDE_REQUEST).json()
+    assert body["model_version"] == "2"
+    expected = trained["big"].model.predict_proba(np.array([GUIDE_REQUEST["features"]]))[0]
+    assert list(body["probabilities"].values()) == pytest.approx(expected.tolist())
+    text = client.get("/metrics").text
+    assert metric_value(text, "serving_model_info", version="2", run_id="run-2") == 1
+    assert metric_value(text, "serving_model_info", version="1", run_id="run-1") == 0
+    assert metric_value(text, "serving_model_reloads_total", result="loaded") == 2
+
+
+def truncate_model(d):
+    path = d / "model.joblib"
+    path.write_bytes(path.read_bytes()[: os.path.getsize(path) // 2])
+
+
+def empty_model(d):
+    (d / "model.joblib").write_bytes(b"")
+
+
+def remove_model(d):
+    (d / "model.joblib").unlink()
+
+
+def garbage_metadata(d):
+    (d / "metadata.json").write_text("{not json")
+
+
+def edit_metadata(**changes):
+    def damage(d):
+        meta = json.loads((d / "metadata.json").read_text())
+        meta.update(changes)
+        (d / "metadata.json").write_text(json.dumps(meta))
+
+    return damage
+
+
+def three_feature_model(d):
+    rng = np.random.default_rng(0)
+    model = RandomForestClassifier(n_estimators=3, random_state=0).fit(rng.random((30, 3)), np.arange(30) % 3)
+    joblib.dump(model, d / "model.joblib")
+
+
+def two_class_model(d):
+    rng = np.random.default_rng(0)
+    model = RandomForestClassifier(n_estimators=3, random_state=0).fit(rng.random((30, 4)), np.arange(30) % 2)
+    joblib.dump(model, d / "model.joblib")
+
+
+def not_a_classifier(d):
+    joblib.dump({"weights": [1, 2, 3]}, d / "model.joblib")
+
+
+DAMAGES = {
+    "truncated-model": (truncate_model, "could not be loaded"),
+    "empty-model": (empty_model, "could not be loaded"),
+    "missing-model": (remove_model, "is missing"),
+    "metadata-not-json": (garbage_metadata, "not readable JSON"),
+    "metadata-wrong-format": (edit_metadata(format="onnx"), "'format' must be"),
+    "metadata-5-features": (edit_metadata(feature_names=["a", "b", "c", "d", "e"]), "must name 4 features"),
+    "metadata-2-classes": (edit_metadata(class_names=["setosa", "versicolor"]), "do not match"),
+    "metadata-other-version": (edit_metadata(version="99"), "does not match"),
+    "other-sklearn": (edit_metadata(sklearn_version="0.24.2"), "trained with scikit-learn 0.24.2"),
+    "model-takes-3-features": (three_feature_model, "takes 3 features"),
+    "model-has-2-classes": (two_class_model, "do not match"),
+    "not-a-classifier": (not_a_classifier, "has no predict_proba"),
+}
+
+
+@pytest.mark.parametrize(("damage", "reason"), DAMAGES.values(), ids=DAMAGES.keys())
+def test_broken_model_is_refused_logged_and_the_old_one_keeps_serving(
+    client, publish, publish_broken, trained, models_dir, caplog, damage, reason
+):
+    good = models_dir / "iris-classifier" / "versions"
+    good_dir = next(good.iterdir())
+    caplog.set_level(logging.ERROR, logger="app.model")
+    publish_broken(good_dir, 2, damage)
+    wait_for(lambda: refusals(client) == 1, timeout=5, what="the broken model to be refused")
+    refused = [r.getMessage() for r in caplog.records if "refused model 2" in r.getMessage()]
+    assert refused, [r.getMessage() for r in caplog.records]
+    assert reason in refused[0]
+    assert "still serving version 1" in refused[0]
+    assert served_version(client) == "1"
+    assert client.get("/ready").json() == {"ready": True, "model_version": "1"}
+    resp = client.post("/predict", json=GUIDE_REQUEST)
+    assert resp.status_code == 200
+    assert resp.json()["model_version"] == "1"
+
+    # The next good model is still picked up after a refusal.
+    publish(trained["big"], 3)
+    wait_for(lambda: served_version(client) == "3", timeout=5, what="version 3 after the refusal")
+    assert refusals(client) == 1  # the broken pointer was not retried
+
+
+@pytest.mark.parametrize(
+    "pointer",
+    [b"{half", b"[]", json.dumps({"dir": "../../etc", "version": "2"}).encode(), json.dumps({"dir": "x"}).encode()],
+    ids=["not-json", "not-object", "dir-escapes", "no-version"],
+)
+def test_bad_pointer_is_refused(client, models_dir, pointer):
+    (models_dir / "iris-classifier" / "current.json").write_bytes(pointer)
+    wait_for(lambda: refusals(client) == 1, timeout=5, what="the bad pointer to be refused")
+    assert served_version(client) == "1"
+    assert client.post("/predict", json=GUIDE_REQUEST).status_code == 200
+
+
+def test_holder_load_outcomes(models_dir, publish, publish_broken, trained):
+    holder = ModelHolder(models_dir, "iris-classifier")
+    assert holder.load().status == "none"
+    assert not holder.ready
+    first = publish(trained["small"], 1)
+    outcome = holder.load()
+    assert outcome.status == "loaded"
+    assert holder.ready
+    assert holder.current.version == "1"
+    assert holder.load().status == "unchanged"
+    publish_broken(first, 2, truncate_model)
+    refused = holder.load()
+    assert refused.status == "refused"
+    assert "could not be loaded" in refused.reason
+    assert holder.current is outcome.model  # untouched
+    assert holder.load().status == "unchanged"  # not retried until current.json changes
+    model, proba = holder.predict(np.array([GUIDE_REQUEST["features"]]))
+    assert model.version == "1"
+    assert proba.shape == (1, 3)
+
+
+def test_holder_never_writes_into_models_dir(models_dir, publish, publish_broken, trained):
+    publish(trained["small"], 1)
+
+    def snapshot():
+        return sorted((str(p.relative_to(models_dir)), p.stat().st_mtime_ns) for p in models_dir.rglob("*"))
+
+    before = snapshot()
+    holder = ModelHolder(models_dir, "iris-classifier")
+    holder.load()
+    holder.predict(np.array([GUIDE_REQUEST["features"]]))
+    assert snapshot() == before
+
+
+def test_current_sklearn_version_is_what_the_trainer_records(models_dir, publish, trained):
+    version_dir = publish(trained["small"], 1)
+    assert json.loads((version_dir / "metadata.json").read_text())["sklearn_version"] == sklearn.__version__
