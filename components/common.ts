@@ -1,0 +1,39 @@
+/** Pieces shared by the Kubernetes components: labels, security context, image pull policy. */
+import * as k8s from "@pulumi/kubernetes";
+import { ImageLoader } from "./config";
+
+/** The user and group both images run as (docs/interfaces.md). */
+export const APP_UID = 10001;
+
+/** Labels on every object of the project. */
+export const COMMON_LABELS = {
+    "app.kubernetes.io/part-of": "ops-demo",
+    "app.kubernetes.io/managed-by": "pulumi",
+} as const;
+
+/** Pod-level security context: non-root 10001:10001, RuntimeDefault seccomp. */
+export function podSecurityContext(): k8s.types.input.core.v1.PodSecurityContext {
+    return {
+        runAsNonRoot: true,
+        runAsUser: APP_UID,
+        runAsGroup: APP_UID,
+        seccompProfile: { type: "RuntimeDefault" },
+    };
+}
+
+/** Container-level security context: no privilege escalation, every capability dropped. */
+export function containerSecurityContext(): k8s.types.input.core.v1.SecurityContext {
+    return {
+        allowPrivilegeEscalation: false,
+        capabilities: { drop: ["ALL"] },
+    };
+}
+
+/**
+ * `Never` when the stack loads the images into the cluster itself (the tag is content-addressed,
+ * so a missing image is an import problem, never a reason to reach a registry); `IfNotPresent`
+ * with imageLoader=none, where the user brings the images to the nodes (or a registry) another way.
+ */
+export function imagePullPolicy(loader: ImageLoader): "Never" | "IfNotPresent" {
+    return loader === "none" ? "IfNotPresent" : "Never";
+}

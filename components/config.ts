@@ -1,0 +1,411 @@
+/**
+ * The stack's configuration: read once, validated completely before any resource is declared.
+ *
+ * Every key is declared in Pulumi.yaml (type, default, description); DEFAULTS below repeats the
+ * defaults so that the program behaves the same when run without the CLI (unit tests, render), and
+ * a unit test checks that both agree.
+ */
+import * as os from "os";
+import * as path from "path";
+import * as pulumi from "@pulumi/pulumi";
+
+/** The Pulumi project name: the namespace of every config key (`ops-demo:nEstimators`). */
+export const PROJECT = "ops-demo";
+
+export const CLUSTER_MODES = ["existing", "embedded"] as const;
+export type ClusterMode = (typeof CLUSTER_MODES)[number];
+export const IMAGE_LOADERS = ["k3s", "embedded", "kind", "none"] as const;
+export type ImageLoader = (typeof IMAGE_LOADERS)[number];
+export const PROMOTION_POLICIES = ["always", "better"] as const;
+export type PromotionPolicy = (typeof PROMOTION_POLICIES)[number];
+
+/** One training run: one Kubernetes Job. */
+export interface TrainingRun {
+    /** MLflow run name (any text; the Job name is derived from it). */
+    readonly runName: string;
+    /** `--n-estimators` of the trainer. */
+    readonly nEstimators: number;
+    /** `--max-depth` of the trainer. */
+    readonly maxDepth: number;
+}
+
+/** The validated configuration of one stack. */
+export interface StackConfig {
+    /** Trees of the single run (ignored when `experiments` is set). */
+    readonly nEstimators: number;
+    /** Depth of the single run (ignored when `experiments` is set). */
+    readonly maxDepth: number;
+    /** Name of the single run (ignored when `experiments` is set). */
+    readonly runName: string;
+    /** The runs to launch: `experiments` when set, else the single run above. */
+    readonly runs: readonly TrainingRun[];
+    /** Host directory of the shared storage, `$HOME` and `~` expanded, absolute. */
+    readonly storageDir: string;
+    /** Replicas of the serving Deployment. */
+    readonly servingReplicas: number;
+    /** `existing`: a cluster reached through `kubeconfig`; `embedded`: k3s in a Docker container made by the stack. */
+    readonly cluster: ClusterMode;
+    /** Path of the kubeconfig for `cluster=existing`, expanded. */
+    readonly kubeconfig: string;
+    /** kubeconfig context for `cluster=existing`; empty = the file's current context. */
+    readonly kubeContext: string;
+    /** How the images reach the cluster's container runtime. */
+    readonly imageLoader: ImageLoader;
+    /** kind cluster name for `imageLoader=kind`. */
+    readonly kindClusterName: string;
+    /** Prefix host commands that need root (k3s ctr, chown of the storage) with `sudo -n`. */
+    readonly sudo: boolean;
+    /** Build arg BASE_IMAGE of both images; empty = the Dockerfiles' default. */
+    readonly baseImage: string;
+    /** Trainer PROMOTION_POLICY. */
+    readonly promotionPolicy: PromotionPolicy;
+    /** Minutes Pulumi waits for each training Job. */
+    readonly trainingTimeoutMinutes: number;
+    /** rancher/k3s image of the embedded cluster. */
+    readonly k3sImage: string;
+    /** Docker container name of the embedded cluster. */
+    readonly embeddedClusterName: string;
+    /** Host port of the embedded cluster's Kubernetes API. */
+    readonly apiPort: number;
+    /** Host port where the embedded cluster publishes the serving API (the LoadBalancer's port 80). */
+    readonly servingHostPort: number;
+    /** Host port where the embedded cluster publishes MLflow. */
+    readonly mlflowHostPort: number;
+}
+
+/** Defaults of every key, as declared in Pulumi.yaml (a unit test keeps them equal). */
+export const DEFAULTS = {
+    nEstimators: 100,
+    maxDepth: 5,
+    runName: "baseline",
+    experiments: [] as TrainingRun[],
+    storageDir: "$HOME/ops-demo-data/mlops",
+    servingReplicas: 2,
+    cluster: "existing",
+    kubeconfig: "/etc/rancher/k3s/k3s.yaml",
+    kubeContext: "",
+    imageLoader: "k3s",
+    kindClusterName: "kind",
+    sudo: true,
+    baseImage: "",
+    promotionPolicy: "always",
+    trainingTimeoutMinutes: 20,
+    k3sImage: "rancher/k3s:v1.31.4-k3s1",
+    embeddedClusterName: "ops-demo-k3s",
+    apiPort: 16443,
+    servingHostPort: 8080,
+    mlflowHostPort: 5000,
+} as const;
+
+export type ConfigKey = keyof typeof DEFAULTS;
+export const CONFIG_KEYS = Object.keys(DEFAULTS) as ConfigKey[];
+
+/** A configuration error: the message names the key, the value and what is allowed. */
+export class ConfigError extends pulumi.RunError {
+    constructor(readonly problems: string[]) {
+        super(
+            `invalid stack configuration (fix with \`pulumi config set <key> <value>\`):\n` +
+                problems.map((p) => `  - ${p}`).join("\n"),
+        );
+        this.name = "ConfigError";
+    }
+}
+
+/** Reads raw config values: the Pulumi config by default, a plain map in tests. */
+export type RawConfig = (key: string) => string | undefined;
+
+function pulumiRaw(): RawConfig {
+    const cfg = new pulumi.Config(PROJECT);
+    return (key) => cfg.get(key);
+}
+
+/** Expands a leading `~`, `$HOME` and `${HOME}` with the home directory of the machine running the program. */
+export function expandHome(p: string, home: string = os.homedir()): string {
+    let out = p.replace(/\$\{HOME\}|\$HOME(?![A-Za-z0-9_])/g, home);
+    if (out === "~" || out.startsWith("~/")) {
+        out = home + out.slice(1);
+    }
+    return out;
+}
+
+const show = (v: unknown) => JSON.stringify(v);
+
+class Reader {
+    readonly problems: string[] = [];
+    constructor(private readonly raw: RawConfig) {}
+
+    private value(key: ConfigKey): string | undefined {
+        return this.raw(key);
+    }
+
+    fail(key: string, value: unknown, allowed: string): void {
+        this.problems.push(`${PROJECT}:${key} = ${show(value)}: ${allowed}`);
+    }
+
+    int(key: ConfigKey, min: number, max: number): number {
+        const v = this.value(key);
+        const def = DEFAULTS[key] as number;
+        if (v === undefined || v === "") {
+            return def;
+        }
+        const n = parseIntStrict(v);
+        if (n === undefined || n < min || n > max) {
+            this.fail(key, v, `must be a whole number from ${min} to ${max} (default ${def})`);
+            return def;
+        }
+        return n;
+    }
+
+    str(key: ConfigKey, opts: { nonEmpty?: boolean; pattern?: RegExp; describe?: string } = {}): string {
+        const v = this.value(key);
+        const def = DEFAULTS[key] as string;
+        if (v === undefined) {
+            return def;
+        }
+        if (opts.nonEmpty && v.trim() === "") {
+            this.fail(key, v, `must not be empty (default ${show(def)})`);
+            return def;
+        }
+        if (opts.pattern && !opts.pattern.test(v)) {
+            this.fail(key, v, opts.describe ?? `must match ${opts.pattern}`);
+            return def;
+        }
+        return v;
+    }
+
+    oneOf<T extends string>(key: ConfigKey, allowed: readonly T[]): T {
+        const v = this.value(key);
+        const def = DEFAULTS[key] as T;
+        if (v === undefined || v === "") {
+            return def;
+        }
+        if (!(allowed as readonly string[]).includes(v)) {
+            this.fail(key, v, `must be one of ${allowed.join(", ")} (default ${def})`);
+            return def;
+        }
+        return v as T;
+    }
+
+    bool(key: ConfigKey): boolean {
+        const v = this.value(key);
+        const def = DEFAULTS[key] as boolean;
+        if (v === undefined || v === "") {
+            return def;
+        }
+        if (v === "true" || v === "false") {
+            return v === "true";
+        }
+        this.fail(key, v, `must be true or false (default ${def})`);
+        return def;
+    }
+}
+
+/** Parses a whole number written in decimal; undefined for anything else ("abc", "2.5", "1e3", ""). */
+export function parseIntStrict(v: unknown): number | undefined {
+    if (typeof v === "number") {
+        return Number.isSafeInteger(v) ? v : undefined;
+    }
+    if (typeof v !== "string" || !/^\s*[+-]?\d+\s*$/.test(v)) {
+        return undefined;
+    }
+    const n = Number(v.trim());
+    return Number.isSafeInteger(n) ? n : undefined;
+}
+
+export const LIMITS = {
+    nEstimators: { min: 1, max: 10000 },
+    maxDepth: { min: 1, max: 1000 },
+    servingReplicas: { min: 0, max: 50 },
+    trainingTimeoutMinutes: { min: 1, max: 24 * 60 },
+    port: { min: 1, max: 65535 },
+    runNameLength: 250,
+} as const;
+
+function checkRunName(r: Reader, key: string, v: unknown): string | undefined {
+    if (typeof v !== "string" || v.trim() === "") {
+        r.fail(key, v, "must be a non-empty string (any text; the Job name is derived from it)");
+        return undefined;
+    }
+    // eslint-disable-next-line no-control-regex
+    if (v.length > LIMITS.runNameLength || /[\u0000-\u001f\u007f]/.test(v)) {
+        r.fail(key, v, `must be at most ${LIMITS.runNameLength} characters without control characters`);
+        return undefined;
+    }
+    return v;
+}
+
+function readExperiments(r: Reader, raw: string | undefined, base: { nEstimators: number; maxDepth: number }): TrainingRun[] {
+    const key = "experiments";
+    const shape =
+        'must be a list of runs, each "runName=<text>,nEstimators=<int >= 1>,maxDepth=<int >= 1>" ' +
+        "(nEstimators/maxDepth default to the top-level keys), e.g. " +
+        '["runName=more-trees,nEstimators=200", "runName=deeper,maxDepth=20"]';
+    if (raw === undefined || raw.trim() === "") {
+        return [];
+    }
+    let parsed: unknown;
+    try {
+        parsed = JSON.parse(raw);
+    } catch {
+        r.fail(key, raw, `is not a list; ${shape}`);
+        return [];
+    }
+    if (!Array.isArray(parsed)) {
+        r.fail(key, parsed, shape);
+        return [];
+    }
+    const runs: TrainingRun[] = [];
+    const seen = new Set<string>();
+    parsed.forEach((item: unknown, i: number) => {
+        const k = `${key}[${i}]`;
+        const entry = typeof item === "string" ? parseRunSpec(item) : item;
+        if (typeof entry !== "object" || entry === null || Array.isArray(entry)) {
+            r.fail(k, item, shape);
+            return;
+        }
+        const e = entry as Record<string, unknown>;
+        const unknown = Object.keys(e).filter((x) => !["runName", "nEstimators", "maxDepth"].includes(x));
+        if (unknown.length > 0) {
+            r.fail(`${k}.${unknown[0]}`, e[unknown[0]], `unknown field; allowed fields are runName, nEstimators, maxDepth`);
+            return;
+        }
+        const runName = checkRunName(r, `${k}.runName`, e.runName);
+        const num = (field: "nEstimators" | "maxDepth"): number | undefined => {
+            if (e[field] === undefined) {
+                return base[field];
+            }
+            const n = parseIntStrict(e[field]);
+            const lim = LIMITS[field];
+            if (n === undefined || n < lim.min || n > lim.max) {
+                r.fail(`${k}.${field}`, e[field], `must be a whole number from ${lim.min} to ${lim.max}`);
+                return undefined;
+            }
+            return n;
+        };
+        const nEstimators = num("nEstimators");
+        const maxDepth = num("maxDepth");
+        if (runName === undefined || nEstimators === undefined || maxDepth === undefined) {
+            return;
+        }
+        if (seen.has(runName)) {
+            r.fail(`${k}.runName`, runName, "must be unique within experiments");
+            return;
+        }
+        seen.add(runName);
+        runs.push({ runName, nEstimators, maxDepth });
+    });
+    return runs;
+}
+
+/**
+ * Parses one `experiments` entry written as "runName=<text>,nEstimators=<int>,maxDepth=<int>" into an
+ * object (values unchecked); undefined when it is not a list of key=value pairs.
+ */
+export function parseRunSpec(spec: string): Record<string, string> | undefined {
+    const out: Record<string, string> = {};
+    for (const part of spec.split(",")) {
+        const eq = part.indexOf("=");
+        if (eq <= 0) {
+            return undefined;
+        }
+        out[part.slice(0, eq).trim()] = part.slice(eq + 1).trim();
+    }
+    return out;
+}
+
+/** Config keys of this project that the program does not know (typos such as `nEstimator`). */
+function unknownKeys(): string[] {
+    const all = pulumi.runtime.allConfig();
+    const prefix = `${PROJECT}:`;
+    return Object.keys(all)
+        .filter((k) => k.startsWith(prefix))
+        .map((k) => k.slice(prefix.length))
+        .filter((k) => !(CONFIG_KEYS as string[]).includes(k));
+}
+
+/**
+ * Reads and validates the whole configuration. Throws one ConfigError listing every problem.
+ * `raw` defaults to the Pulumi config of project `ops-demo`; `home` to this machine's home directory.
+ */
+export function loadConfig(raw: RawConfig = pulumiRaw(), home: string = os.homedir(), checkUnknown = true): StackConfig {
+    const r = new Reader(raw);
+    if (checkUnknown) {
+        for (const k of unknownKeys()) {
+            r.fail(k, raw(k), `unknown key; known keys are ${CONFIG_KEYS.join(", ")}`);
+        }
+    }
+    const nEstimators = r.int("nEstimators", LIMITS.nEstimators.min, LIMITS.nEstimators.max);
+    const maxDepth = r.int("maxDepth", LIMITS.maxDepth.min, LIMITS.maxDepth.max);
+    const rawRunName = raw("runName");
+    const runName = rawRunName === undefined ? DEFAULTS.runName : (checkRunName(r, "runName", rawRunName) ?? DEFAULTS.runName);
+    const experiments = readExperiments(r, raw("experiments"), { nEstimators, maxDepth });
+
+    const storageRaw = r.str("storageDir", { nonEmpty: true });
+    const storageDir = expandHome(storageRaw, home);
+    if (!path.isAbsolute(storageDir)) {
+        r.fail("storageDir", storageRaw, "must be an absolute path (may start with $HOME or ~)");
+    } else if (/["'`\\$\s]/.test(storageDir) || storageDir === "/") {
+        r.fail("storageDir", storageRaw, "must not be / nor contain quotes, backslashes, $ or whitespace");
+    }
+    const kubeconfigRaw = r.str("kubeconfig", { nonEmpty: true });
+    const kubeconfig = expandHome(kubeconfigRaw, home);
+
+    const cluster = r.oneOf("cluster", CLUSTER_MODES);
+    const imageLoader = r.oneOf("imageLoader", IMAGE_LOADERS);
+    if (cluster === "embedded" && (imageLoader === "k3s" || imageLoader === "kind")) {
+        r.fail("imageLoader", imageLoader, "must be embedded or none when cluster=embedded");
+    }
+    if (cluster === "existing" && imageLoader === "embedded") {
+        r.fail("imageLoader", imageLoader, "embedded needs cluster=embedded; use k3s, kind or none for an existing cluster");
+    }
+    const dnsLabel = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+    const cfg: StackConfig = {
+        nEstimators,
+        maxDepth,
+        runName,
+        runs: experiments.length > 0 ? experiments : [{ runName, nEstimators, maxDepth }],
+        storageDir,
+        servingReplicas: r.int("servingReplicas", LIMITS.servingReplicas.min, LIMITS.servingReplicas.max),
+        cluster,
+        kubeconfig,
+        kubeContext: r.str("kubeContext"),
+        imageLoader,
+        kindClusterName: r.str("kindClusterName", {
+            pattern: /^[a-z0-9][-a-z0-9.]*$/,
+            describe: "must be a kind cluster name (lowercase letters, digits, - and .)",
+        }),
+        sudo: r.bool("sudo"),
+        baseImage: r.str("baseImage", {
+            pattern: /^$|^[A-Za-z0-9][A-Za-z0-9._\-/:@]*$/,
+            describe: "must be empty (the Dockerfiles' default) or an image reference such as python:3.11-slim",
+        }),
+        promotionPolicy: r.oneOf("promotionPolicy", PROMOTION_POLICIES),
+        trainingTimeoutMinutes: r.int("trainingTimeoutMinutes", LIMITS.trainingTimeoutMinutes.min, LIMITS.trainingTimeoutMinutes.max),
+        k3sImage: r.str("k3sImage", {
+            pattern: /^[A-Za-z0-9][A-Za-z0-9._\-/]*:[A-Za-z0-9._-]+$/,
+            describe: "must be an image reference with a pinned tag, e.g. rancher/k3s:v1.31.4-k3s1",
+        }),
+        embeddedClusterName: r.str("embeddedClusterName", {
+            pattern: dnsLabel,
+            describe: "must be a container name of lowercase letters, digits and -",
+        }),
+        apiPort: r.int("apiPort", LIMITS.port.min, LIMITS.port.max),
+        servingHostPort: r.int("servingHostPort", LIMITS.port.min, LIMITS.port.max),
+        mlflowHostPort: r.int("mlflowHostPort", LIMITS.port.min, LIMITS.port.max),
+    };
+    if (cluster === "embedded") {
+        const ports = { apiPort: cfg.apiPort, servingHostPort: cfg.servingHostPort, mlflowHostPort: cfg.mlflowHostPort };
+        const entries = Object.entries(ports);
+        for (let i = 0; i < entries.length; i++) {
+            for (let j = i + 1; j < entries.length; j++) {
+                if (entries[i][1] === entries[j][1]) {
+                    r.fail(entries[j][0], entries[j][1], `must differ from ${entries[i][0]} (${entries[i][1]})`);
+                }
+            }
+        }
+    }
+    if (r.problems.length > 0) {
+        throw new ConfigError(r.problems);
+    }
+    return cfg;
+}

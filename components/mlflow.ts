@@ -1,0 +1,142 @@
+/** The MLflow tracking server: Deployment `mlflow-server` + Service `mlflow-service:5000` in mlops-training. */
+import * as k8s from "@pulumi/kubernetes";
+import * as pulumi from "@pulumi/pulumi";
+import { COMMON_LABELS, containerSecurityContext, podSecurityContext } from "./common";
+import { TRAINING_NAMESPACE } from "./namespaces";
+
+export const MLFLOW_DEPLOYMENT = "mlflow-server";
+export const MLFLOW_SERVICE = "mlflow-service";
+export const MLFLOW_NODEPORT_SERVICE = "mlflow-nodeport";
+export const MLFLOW_PORT = 5000;
+/** In-cluster tracking URI (cross-namespace DNS, as the guide's troubleshooting says). */
+export const TRACKING_URI = `http://${MLFLOW_SERVICE}.${TRAINING_NAMESPACE}.svc.cluster.local:${MLFLOW_PORT}`;
+
+/** Host headers the server accepts: the Service's DNS names, loopback (port-forward) and pod/node IPs (probes). */
+export function mlflowAllowedHosts(): string {
+    const fqdn = `${MLFLOW_SERVICE}.${TRAINING_NAMESPACE}`;
+    const names = [`${fqdn}.svc.cluster.local`, `${fqdn}.svc`, fqdn, MLFLOW_SERVICE];
+    return [
+        ...names.flatMap((n) => [n, `${n}:${MLFLOW_PORT}`]),
+        "localhost",
+        "localhost:*",
+        "127.0.0.1",
+        "127.0.0.1:*",
+        "10.*",
+        "172.*",
+        "192.168.*",
+    ].join(",");
+}
+
+/** The server's command (docs/interfaces.md). */
+export function mlflowCommand(): string[] {
+    return [
+        "mlflow",
+        "server",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        String(MLFLOW_PORT),
+        "--backend-store-uri",
+        "sqlite:////data/mlflow/mlflow.db",
+        "--artifacts-destination",
+        "/data/mlflow/artifacts",
+        "--serve-artifacts",
+        "--allowed-hosts",
+        mlflowAllowedHosts(),
+    ];
+}
+
+export interface MlflowServerArgs {
+    /** mlops-training. */
+    readonly namespace: pulumi.Input<string>;
+    /** The training image (it also runs the server). */
+    readonly image: pulumi.Input<string>;
+    readonly imagePullPolicy: string;
+    /** Claim of the shared data volume. */
+    readonly dataClaim: pulumi.Input<string>;
+    /** When set, also a NodePort Service on this port (the embedded cluster publishes it on the host). */
+    readonly nodePort?: number;
+}
+
+const labels = { app: MLFLOW_DEPLOYMENT };
+
+/** Deployment of exactly one pod, Recreate: never two servers on one SQLite file, not even during a rollout. */
+export function mlflowDeployment(args: MlflowServerArgs): k8s.apps.v1.DeploymentArgs {
+    return {
+        metadata: { name: MLFLOW_DEPLOYMENT, namespace: args.namespace, labels: { ...COMMON_LABELS, ...labels } },
+        spec: {
+            replicas: 1,
+            strategy: { type: "Recreate" },
+            selector: { matchLabels: labels },
+            template: {
+                metadata: { labels: { ...COMMON_LABELS, ...labels } },
+                spec: {
+                    securityContext: podSecurityContext(),
+                    containers: [
+                        {
+                            name: "mlflow",
+                            image: args.image,
+                            imagePullPolicy: args.imagePullPolicy,
+                            command: mlflowCommand(),
+                            env: [{ name: "HOME", value: "/tmp" }],
+                            ports: [{ name: "http", containerPort: MLFLOW_PORT }],
+                            readinessProbe: {
+                                httpGet: { path: "/health", port: MLFLOW_PORT },
+                                periodSeconds: 5,
+                                timeoutSeconds: 3,
+                                failureThreshold: 3,
+                            },
+                            livenessProbe: {
+                                httpGet: { path: "/health", port: MLFLOW_PORT },
+                                initialDelaySeconds: 60,
+                                periodSeconds: 20,
+                                timeoutSeconds: 5,
+                                failureThreshold: 6,
+                            },
+                            resources: {
+                                requests: { cpu: "250m", memory: "512Mi" },
+                                limits: { cpu: "1", memory: "1536Mi" },
+                            },
+                            securityContext: containerSecurityContext(),
+                            volumeMounts: [{ name: "data", mountPath: "/data" }],
+                        },
+                    ],
+                    volumes: [{ name: "data", persistentVolumeClaim: { claimName: args.dataClaim } }],
+                },
+            },
+        },
+    };
+}
+
+export class MlflowServer extends pulumi.ComponentResource {
+    readonly deployment: k8s.apps.v1.Deployment;
+    readonly service: k8s.core.v1.Service;
+    /** In-cluster URI for MLFLOW_TRACKING_URI, built from the Service's name and namespace. */
+    readonly trackingUri: pulumi.Output<string>;
+
+    constructor(name: string, args: MlflowServerArgs, opts?: pulumi.ComponentResourceOptions) {
+        super("ops-demo:mlflow:MlflowServer", name, {}, opts);
+        this.deployment = new k8s.apps.v1.Deployment(`${name}-deployment`, mlflowDeployment(args), { parent: this });
+        const ports = [{ name: "http", port: MLFLOW_PORT, targetPort: MLFLOW_PORT, protocol: "TCP" }];
+        this.service = new k8s.core.v1.Service(
+            `${name}-service`,
+            {
+                metadata: { name: MLFLOW_SERVICE, namespace: args.namespace, labels: { ...COMMON_LABELS, ...labels } },
+                spec: { type: "ClusterIP", selector: labels, ports },
+            },
+            { parent: this },
+        );
+        if (args.nodePort !== undefined) {
+            new k8s.core.v1.Service(
+                `${name}-nodeport`,
+                {
+                    metadata: { name: MLFLOW_NODEPORT_SERVICE, namespace: args.namespace, labels: { ...COMMON_LABELS, ...labels } },
+                    spec: { type: "NodePort", selector: labels, ports: [{ ...ports[0], nodePort: args.nodePort }] },
+                },
+                { parent: this },
+            );
+        }
+        this.trackingUri = pulumi.interpolate`http://${this.service.metadata.name}.${this.service.metadata.namespace}.svc.cluster.local:${MLFLOW_PORT}`;
+        this.registerOutputs({ trackingUri: this.trackingUri });
+    }
+}

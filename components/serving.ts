@@ -1,0 +1,108 @@
+/** The serving API: Deployment `iris-serving` + LoadBalancer Service `iris-serving-service` (80 -> 8000) in mlops-serving. */
+import * as k8s from "@pulumi/kubernetes";
+import * as pulumi from "@pulumi/pulumi";
+import { COMMON_LABELS, containerSecurityContext, podSecurityContext } from "./common";
+
+export const SERVING_DEPLOYMENT = "iris-serving";
+export const SERVING_SERVICE = "iris-serving-service";
+export const SERVING_CONTAINER = "serving";
+export const SERVING_PORT = 8000;
+export const MODEL_NAME = "iris-classifier";
+
+export interface ServingApiArgs {
+    /** mlops-serving. */
+    readonly namespace: pulumi.Input<string>;
+    /** The serving image. */
+    readonly image: pulumi.Input<string>;
+    readonly imagePullPolicy: string;
+    /** Claim of the models volume (mounted read-only). */
+    readonly modelsClaim: pulumi.Input<string>;
+    /** Replicas. */
+    readonly replicas: number;
+}
+
+const labels = { app: SERVING_DEPLOYMENT };
+
+/** Rolling updates that never drop below the desired replicas; the model comes from the shared volume. */
+export function servingDeployment(args: ServingApiArgs): k8s.apps.v1.DeploymentArgs {
+    return {
+        metadata: { name: SERVING_DEPLOYMENT, namespace: args.namespace, labels: { ...COMMON_LABELS, ...labels } },
+        spec: {
+            replicas: args.replicas,
+            strategy: { type: "RollingUpdate", rollingUpdate: { maxUnavailable: 0, maxSurge: 1 } },
+            revisionHistoryLimit: 10,
+            selector: { matchLabels: labels },
+            template: {
+                metadata: { labels: { ...COMMON_LABELS, ...labels } },
+                spec: {
+                    securityContext: podSecurityContext(),
+                    containers: [
+                        {
+                            name: SERVING_CONTAINER,
+                            image: args.image,
+                            imagePullPolicy: args.imagePullPolicy,
+                            command: ["python", "-m", "app.serve"],
+                            env: [
+                                { name: "MODELS_DIR", value: "/models" },
+                                { name: "MODEL_NAME", value: MODEL_NAME },
+                                { name: "PORT", value: String(SERVING_PORT) },
+                                { name: "WORKERS", value: "2" },
+                                { name: "RELOAD_INTERVAL_SECONDS", value: "2" },
+                            ],
+                            ports: [{ name: "http", containerPort: SERVING_PORT }],
+                            livenessProbe: {
+                                httpGet: { path: "/health", port: SERVING_PORT },
+                                initialDelaySeconds: 10,
+                                periodSeconds: 10,
+                                timeoutSeconds: 3,
+                                failureThreshold: 3,
+                            },
+                            readinessProbe: {
+                                httpGet: { path: "/ready", port: SERVING_PORT },
+                                periodSeconds: 5,
+                                timeoutSeconds: 3,
+                                failureThreshold: 2,
+                            },
+                            resources: {
+                                requests: { cpu: "100m", memory: "256Mi" },
+                                limits: { cpu: "500m", memory: "512Mi" },
+                            },
+                            securityContext: containerSecurityContext(),
+                            volumeMounts: [{ name: "models", mountPath: "/models", readOnly: true }],
+                        },
+                    ],
+                    volumes: [{ name: "models", persistentVolumeClaim: { claimName: args.modelsClaim, readOnly: true } }],
+                },
+            },
+        },
+    };
+}
+
+export class ServingApi extends pulumi.ComponentResource {
+    readonly deployment: k8s.apps.v1.Deployment;
+    readonly service: k8s.core.v1.Service;
+    /** The LoadBalancer's address once assigned ("" while pending). */
+    readonly loadBalancerAddress: pulumi.Output<string>;
+
+    constructor(name: string, args: ServingApiArgs, opts?: pulumi.ComponentResourceOptions) {
+        super("ops-demo:serving:ServingApi", name, {}, opts);
+        this.deployment = new k8s.apps.v1.Deployment(`${name}-deployment`, servingDeployment(args), { parent: this });
+        this.service = new k8s.core.v1.Service(
+            `${name}-service`,
+            {
+                metadata: { name: SERVING_SERVICE, namespace: args.namespace, labels: { ...COMMON_LABELS, ...labels } },
+                spec: {
+                    type: "LoadBalancer",
+                    selector: labels,
+                    ports: [{ name: "http", port: 80, targetPort: SERVING_PORT, protocol: "TCP" }],
+                },
+            },
+            { parent: this, dependsOn: [this.deployment] },
+        );
+        this.loadBalancerAddress = this.service.status.apply((s) => {
+            const ingress = s?.loadBalancer?.ingress?.[0];
+            return ingress?.ip ?? ingress?.hostname ?? "";
+        });
+        this.registerOutputs({ loadBalancerAddress: this.loadBalancerAddress });
+    }
+}

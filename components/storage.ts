@@ -1,0 +1,122 @@
+/**
+ * Shared storage: the host directory prepared for user 10001, two hostPath PersistentVolumes
+ * (Retain: `pulumi destroy` leaves the data on the host) bound explicitly to one claim each.
+ */
+import * as command from "@pulumi/command";
+import * as k8s from "@pulumi/kubernetes";
+import * as pulumi from "@pulumi/pulumi";
+import { APP_UID, COMMON_LABELS } from "./common";
+import { BASH, shq } from "./shell";
+
+/** Claim names of docs/interfaces.md. */
+export const DATA_CLAIM = "mlops-data";
+export const MODELS_CLAIM = "mlops-models";
+/** PV names (cluster-scoped; named so that claimRef and volumeName bind them both ways). */
+export const DATA_PV = "mlops-data-pv";
+export const MODELS_PV = "mlops-models-pv";
+export const STORAGE_SIZE = "10Gi";
+
+export interface SharedStorageArgs {
+    /** Absolute host directory. */
+    readonly storageDir: string;
+    /** Namespace of the data claim (mlops-training). */
+    readonly trainingNamespace: pulumi.Input<string>;
+    /** Namespace of the models claim (mlops-serving). */
+    readonly servingNamespace: pulumi.Input<string>;
+    /** Wraps the preparation script so that it runs as root next to the directory. */
+    readonly rootShell: (script: string) => string;
+    /** Resources the preparation waits for (the embedded cluster's container). */
+    readonly prepareAfter: pulumi.Resource[];
+}
+
+/** The directories of the layout, created and handed to 10001:10001 before any PV exists. */
+export function prepareScript(storageDir: string): string {
+    const d = shq(storageDir);
+    const dirs = [storageDir, `${storageDir}/mlflow`, `${storageDir}/mlflow/artifacts`, `${storageDir}/models`].map(shq);
+    return `set -eu; mkdir -p ${dirs.join(" ")} && chown -R ${APP_UID}:${APP_UID} ${d}`;
+}
+
+/** A hostPath PV with Retain, no storage class (never k3s's local-path), pre-bound to one claim. */
+export function hostPathVolume(
+    pvName: string,
+    hostPath: string,
+    accessMode: string,
+    claim: { namespace: pulumi.Input<string>; name: string },
+): k8s.core.v1.PersistentVolumeArgs {
+    return {
+        metadata: { name: pvName, labels: { ...COMMON_LABELS } },
+        spec: {
+            capacity: { storage: STORAGE_SIZE },
+            accessModes: [accessMode],
+            persistentVolumeReclaimPolicy: "Retain",
+            storageClassName: "",
+            volumeMode: "Filesystem",
+            hostPath: { path: hostPath, type: "Directory" },
+            claimRef: { namespace: claim.namespace, name: claim.name },
+        },
+    };
+}
+
+/** The claim bound to exactly `volumeName`. */
+export function boundClaim(
+    name: string,
+    namespace: pulumi.Input<string>,
+    volumeName: pulumi.Input<string>,
+    accessMode: string,
+): k8s.core.v1.PersistentVolumeClaimArgs {
+    return {
+        metadata: { name, namespace, labels: { ...COMMON_LABELS } },
+        spec: {
+            accessModes: [accessMode],
+            storageClassName: "",
+            volumeName,
+            volumeMode: "Filesystem",
+            resources: { requests: { storage: STORAGE_SIZE } },
+        },
+    };
+}
+
+export class SharedStorage extends pulumi.ComponentResource {
+    /** Claim `mlops-data` in mlops-training (MLflow and the training Jobs). */
+    readonly dataClaim: pulumi.Output<string>;
+    /** Claim `mlops-models` in mlops-serving (serving, read-only). */
+    readonly modelsClaim: pulumi.Output<string>;
+    readonly prepare: command.local.Command;
+
+    constructor(name: string, args: SharedStorageArgs, opts?: pulumi.ComponentResourceOptions) {
+        super("ops-demo:storage:SharedStorage", name, {}, opts);
+        this.prepare = new command.local.Command(
+            `${name}-prepare`,
+            { create: args.rootShell(prepareScript(args.storageDir)), interpreter: BASH, triggers: [args.storageDir] },
+            { parent: this, dependsOn: args.prepareAfter },
+        );
+        const after = { parent: this, dependsOn: [this.prepare], deleteBeforeReplace: true };
+        const dataPv = new k8s.core.v1.PersistentVolume(
+            `${name}-data-pv`,
+            hostPathVolume(DATA_PV, args.storageDir, "ReadWriteMany", { namespace: args.trainingNamespace, name: DATA_CLAIM }),
+            after,
+        );
+        const modelsPv = new k8s.core.v1.PersistentVolume(
+            `${name}-models-pv`,
+            hostPathVolume(MODELS_PV, `${args.storageDir}/models`, "ReadOnlyMany", {
+                namespace: args.servingNamespace,
+                name: MODELS_CLAIM,
+            }),
+            after,
+        );
+        // The kubernetes provider waits for a claim to be Bound; pre-binding makes that immediate.
+        const dataPvc = new k8s.core.v1.PersistentVolumeClaim(
+            `${name}-data`,
+            boundClaim(DATA_CLAIM, args.trainingNamespace, dataPv.metadata.name, "ReadWriteMany"),
+            { parent: this, deleteBeforeReplace: true },
+        );
+        const modelsPvc = new k8s.core.v1.PersistentVolumeClaim(
+            `${name}-models`,
+            boundClaim(MODELS_CLAIM, args.servingNamespace, modelsPv.metadata.name, "ReadOnlyMany"),
+            { parent: this, deleteBeforeReplace: true },
+        );
+        this.dataClaim = dataPvc.metadata.name;
+        this.modelsClaim = modelsPvc.metadata.name;
+        this.registerOutputs({ dataClaim: this.dataClaim, modelsClaim: this.modelsClaim });
+    }
+}

@@ -1,0 +1,162 @@
+/**
+ * Training runs: one Job per run in mlops-training (pods `app=iris-training`), and a wait per Job so
+ * that `pulumi up` finishes only when the run did, and fails with where to look when it did not.
+ */
+import * as command from "@pulumi/command";
+import * as k8s from "@pulumi/kubernetes";
+import * as pulumi from "@pulumi/pulumi";
+import { COMMON_LABELS, containerSecurityContext, podSecurityContext } from "./common";
+import { PromotionPolicy, TrainingRun } from "./config";
+import { jobName, labelValue, runHash } from "./naming";
+import { BASH, shq } from "./shell";
+import { TRAINING_NAMESPACE } from "./namespaces";
+import { MODEL_NAME } from "./serving";
+
+export const TRAINING_APP = "iris-training";
+export const EXPERIMENT_NAME = "iris-classification";
+
+export interface TrainingRunsArgs {
+    /** mlops-training. */
+    readonly namespace: pulumi.Input<string>;
+    /** The training image's reference, known at program time (part of each run's identity). */
+    readonly imageRef: string;
+    /** The same image as an Output of the build (the dependency). */
+    readonly image: pulumi.Input<string>;
+    readonly imagePullPolicy: string;
+    /** Claim of the shared data volume. */
+    readonly dataClaim: pulumi.Input<string>;
+    /** MLFLOW_TRACKING_URI. */
+    readonly trackingUri: pulumi.Input<string>;
+    /** The runs, launched in parallel. */
+    readonly runs: readonly TrainingRun[];
+    /** PROMOTION_POLICY of the trainer. */
+    readonly promotionPolicy: PromotionPolicy;
+    /** Shell prefix running kubectl against the cluster. */
+    readonly kubectl: string;
+    /** Minutes to wait for each Job. */
+    readonly timeoutMinutes: number;
+}
+
+/** The trainer's command line (docs/interfaces.md). */
+export function trainerCommand(run: TrainingRun): string[] {
+    return [
+        "python", "-m", "trainer",
+        "--n-estimators", String(run.nEstimators),
+        "--max-depth", String(run.maxDepth),
+        "--run-name", run.runName,
+    ];
+}
+
+/** The Job of one run. Pulumi's own Job await is skipped: the wait command below reports failures better. */
+export function trainingJob(run: TrainingRun, name: string, args: TrainingRunsArgs): k8s.batch.v1.JobArgs {
+    const podLabels = {
+        ...COMMON_LABELS,
+        app: TRAINING_APP,
+        "ops-demo/run": labelValue(run.runName) || "run",
+        "ops-demo/run-hash": runHash(run, args.imageRef, args.promotionPolicy),
+    };
+    return {
+        metadata: {
+            name,
+            namespace: args.namespace,
+            labels: podLabels,
+            annotations: {
+                "pulumi.com/skipAwait": "true",
+                "ops-demo/run-name": run.runName,
+                "ops-demo/n-estimators": String(run.nEstimators),
+                "ops-demo/max-depth": String(run.maxDepth),
+            },
+        },
+        spec: {
+            backoffLimit: 1,
+            activeDeadlineSeconds: args.timeoutMinutes * 60,
+            template: {
+                metadata: { labels: podLabels },
+                spec: {
+                    restartPolicy: "Never",
+                    securityContext: podSecurityContext(),
+                    containers: [
+                        {
+                            name: "trainer",
+                            image: args.image,
+                            imagePullPolicy: args.imagePullPolicy,
+                            command: trainerCommand(run),
+                            env: [
+                                { name: "MLFLOW_TRACKING_URI", value: args.trackingUri },
+                                { name: "MLFLOW_EXPERIMENT_NAME", value: EXPERIMENT_NAME },
+                                { name: "MODELS_DIR", value: "/data/models" },
+                                { name: "MODEL_NAME", value: MODEL_NAME },
+                                { name: "PROMOTION_POLICY", value: args.promotionPolicy },
+                                { name: "HOME", value: "/tmp" },
+                            ],
+                            resources: {
+                                requests: { cpu: "500m", memory: "512Mi" },
+                                limits: { cpu: "2", memory: "2Gi" },
+                            },
+                            securityContext: containerSecurityContext(),
+                            volumeMounts: [{ name: "data", mountPath: "/data" }],
+                        },
+                    ],
+                    volumes: [{ name: "data", persistentVolumeClaim: { claimName: args.dataClaim } }],
+                },
+            },
+        },
+    };
+}
+
+/**
+ * Waits (bounded by `timeoutMinutes`) until the Job completes; on failure prints where to look
+ * (`kubectl logs -n mlops-training job/<name>`) and the last log lines, and exits 1.
+ */
+export function waitScript(kubectl: string, namespace: string, name: string, timeoutMinutes: number): string {
+    const job = `job/${name}`;
+    const look = `look at: kubectl logs -n ${namespace} ${job}  (and kubectl describe -n ${namespace} ${job})`;
+    return [
+        "set -uo pipefail",
+        `deadline=$((SECONDS + ${timeoutMinutes * 60}))`,
+        "while true; do",
+        `  state=$(${kubectl} get -n ${shq(namespace)} ${shq(job)} -o jsonpath='{range .status.conditions[*]}{.type}={.status}{" "}{end}' 2>&1) || state="unreachable: $state"`,
+        `  case "$state" in`,
+        `    *Complete=True*) echo "training run ${name} completed"; exit 0 ;;`,
+        `    *Failed=True*)`,
+        `      echo "training run ${name} failed; ${look}" >&2`,
+        `      ${kubectl} logs -n ${shq(namespace)} ${shq(job)} --tail=20 >&2 || true`,
+        "      exit 1 ;;",
+        "  esac",
+        "  if (( SECONDS >= deadline )); then",
+        `    echo "training run ${name} did not finish within ${timeoutMinutes} minutes (last state: $state); ${look}" >&2`,
+        "    exit 1",
+        "  fi",
+        "  sleep 5",
+        "done",
+    ].join("\n");
+}
+
+export class TrainingRuns extends pulumi.ComponentResource {
+    /** The Job names, in the order of the runs. */
+    readonly jobNames: string[];
+    /** One wait per Job: whatever needs a trained model depends on these. */
+    readonly waits: command.local.Command[];
+
+    constructor(name: string, args: TrainingRunsArgs, opts?: pulumi.ComponentResourceOptions) {
+        super("ops-demo:training:TrainingRuns", name, {}, opts);
+        this.jobNames = [];
+        this.waits = [];
+        for (const run of args.runs) {
+            const jn = jobName(run, args.imageRef, args.promotionPolicy);
+            const job = new k8s.batch.v1.Job(`${name}-${jn}`, trainingJob(run, jn, args), { parent: this });
+            const wait = new command.local.Command(
+                `${name}-${jn}-wait`,
+                {
+                    create: waitScript(args.kubectl, TRAINING_NAMESPACE, jn, args.timeoutMinutes),
+                    interpreter: BASH,
+                    triggers: [job.metadata.name],
+                },
+                { parent: this, dependsOn: [job] },
+            );
+            this.jobNames.push(jn);
+            this.waits.push(wait);
+        }
+        this.registerOutputs({ jobNames: this.jobNames });
+    }
+}

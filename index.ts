@@ -1,0 +1,117 @@
+// The MLOps environment of the guide as one Pulumi program: reads the config once, wires the components.
+import * as path from "path";
+import * as pulumi from "@pulumi/pulumi";
+import { loadConfig } from "./components/config";
+import { imagePullPolicy } from "./components/common";
+import { ClusterAccess, EmbeddedCluster, ExistingCluster } from "./components/cluster";
+import { Images } from "./components/images";
+import { ImageImport } from "./components/imageImport";
+import { Namespaces, SERVING_NAMESPACE, TRAINING_NAMESPACE } from "./components/namespaces";
+import { SharedStorage } from "./components/storage";
+import { MLFLOW_PORT, MLFLOW_SERVICE, MlflowServer } from "./components/mlflow";
+import { SERVING_SERVICE, ServingApi } from "./components/serving";
+import { TrainingRuns } from "./components/training";
+
+const MLFLOW_NODE_PORT = 30500;
+const cfg = loadConfig();
+
+const cluster: ClusterAccess =
+    cfg.cluster === "embedded"
+        ? new EmbeddedCluster("cluster", {
+              k3sImage: cfg.k3sImage,
+              containerName: cfg.embeddedClusterName,
+              apiPort: cfg.apiPort,
+              servingHostPort: cfg.servingHostPort,
+              mlflowHostPort: cfg.mlflowHostPort,
+              mlflowNodePort: MLFLOW_NODE_PORT,
+              storageDir: cfg.storageDir,
+              readyTimeoutSeconds: 240,
+          })
+        : new ExistingCluster("cluster", { kubeconfig: cfg.kubeconfig, context: cfg.kubeContext, sudo: cfg.sudo });
+const k8sOpts = { providers: [cluster.provider] };
+const pullPolicy = imagePullPolicy(cfg.imageLoader);
+
+const images = new Images("images", { imagesDir: process.env.OPS_DEMO_IMAGES_DIR ?? path.join(__dirname, "images"), baseImage: cfg.baseImage });
+const imported = new ImageImport(
+    "image-import",
+    {
+        loader: cfg.imageLoader,
+        images: { training: images.training, serving: images.serving },
+        sudo: cfg.sudo,
+        embeddedContainer: cfg.embeddedClusterName,
+        kindClusterName: cfg.kindClusterName,
+    },
+    { dependsOn: cluster.ready },
+);
+const namespaces = new Namespaces("namespaces", k8sOpts);
+const storage = new SharedStorage(
+    "storage",
+    {
+        storageDir: cfg.storageDir,
+        trainingNamespace: namespaces.training,
+        servingNamespace: namespaces.serving,
+        rootShell: (script) => cluster.rootShell(script),
+        prepareAfter: cluster.ready,
+    },
+    k8sOpts,
+);
+const mlflow = new MlflowServer(
+    "mlflow",
+    {
+        namespace: namespaces.training,
+        image: images.training.name,
+        imagePullPolicy: pullPolicy,
+        dataClaim: storage.dataClaim,
+        nodePort: cfg.cluster === "embedded" ? MLFLOW_NODE_PORT : undefined,
+    },
+    { ...k8sOpts, dependsOn: imported.commands },
+);
+const training = new TrainingRuns(
+    "training",
+    {
+        namespace: namespaces.training,
+        imageRef: images.training.ref,
+        image: images.training.name,
+        imagePullPolicy: pullPolicy,
+        dataClaim: storage.dataClaim,
+        trackingUri: mlflow.trackingUri,
+        runs: cfg.runs,
+        promotionPolicy: cfg.promotionPolicy,
+        kubectl: cluster.kubectl,
+        timeoutMinutes: cfg.trainingTimeoutMinutes,
+    },
+    { ...k8sOpts, dependsOn: [mlflow, ...imported.commands] },
+);
+const serving = new ServingApi(
+    "serving",
+    {
+        namespace: namespaces.serving,
+        image: images.serving.name,
+        imagePullPolicy: pullPolicy,
+        modelsClaim: storage.modelsClaim,
+        replicas: cfg.servingReplicas,
+    },
+    { ...k8sOpts, dependsOn: [...training.waits, ...imported.commands] },
+);
+
+const mlflowForward = `kubectl port-forward -n ${TRAINING_NAMESPACE} svc/${MLFLOW_SERVICE} ${MLFLOW_PORT}:${MLFLOW_PORT}`;
+const servingForward = `kubectl port-forward -n ${SERVING_NAMESPACE} svc/${SERVING_SERVICE} 8000:80`;
+const embedded = cfg.cluster === "embedded";
+// k3s: the LoadBalancer's address once servicelb assigned it; until then the port-forward's local URL.
+const servingBase = embedded
+    ? pulumi.output(`http://localhost:${cfg.servingHostPort}`)
+    : serving.loadBalancerAddress.apply((a) => (a === "" ? "http://localhost:8000" : `http://${a}`));
+
+export const mlflowUrl = `http://localhost:${embedded ? cfg.mlflowHostPort : MLFLOW_PORT}`;
+export const mlflowPortForward = embedded ? "not needed: MLflow is published on mlflowUrl" : mlflowForward;
+export const servingUrl = servingBase;
+export const servingPortForward = servingForward;
+export const predictExample = pulumi.interpolate`curl -X POST ${servingBase}/predict -H "Content-Type: application/json" -d '{"features": [5.1, 3.5, 1.4, 0.2]}'`;
+export const trainingJobs = training.jobNames;
+export const trainingLogs = training.jobNames.map((j) => `kubectl logs -n ${TRAINING_NAMESPACE} job/${j}`);
+export const imageRefs = { training: images.training.name, serving: images.serving.name };
+export const storageDir = cfg.storageDir;
+export const kubectlHint = embedded
+    ? `docker exec ${cfg.embeddedClusterName} kubectl get pods,svc,jobs -A   (or: pulumi stack output kubeconfig --show-secrets > dev.kubeconfig && export KUBECONFIG=$PWD/dev.kubeconfig)`
+    : `kubectl --kubeconfig ${cfg.kubeconfig} get pods,svc,jobs -n ${TRAINING_NAMESPACE}`;
+export const kubeconfig = cluster instanceof EmbeddedCluster ? cluster.kubeconfig : undefined;

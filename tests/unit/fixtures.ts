@@ -1,0 +1,27 @@
+/** Temporary build contexts for the tests (the real images/ belong to the images' own issue). */
+import * as fs from "fs";
+import * as os from "os";
+import * as path from "path";
+
+/** Writes `files` (relative path -> content) under a new temp directory and returns it. */
+export function tempTree(files: Record<string, string>): string {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ops-demo-test-"));
+    for (const [rel, content] of Object.entries(files)) {
+        const abs = path.join(dir, rel);
+        fs.mkdirSync(path.dirname(abs), { recursive: true });
+        fs.writeFileSync(abs, content);
+    }
+    return dir;
+}
+
+/** An images/ directory with a training and a serving build context. */
+export function imagesDir(): string {
+    return tempTree({
+        "training/Dockerfile": "ARG BASE_IMAGE=python:3.11-slim\nFROM ${BASE_IMAGE}\nCOPY trainer /app/trainer\nUSER 10001:10001\n",
+        "training/.dockerignore": "tests\n**/__pycache__\n",
+        "training/trainer/__main__.py": "print('train')\n",
+        "training/tests/test_x.py": "def test(): pass\n",
+        "serving/Dockerfile": "ARG BASE_IMAGE=python:3.11-slim\nFROM ${BASE_IMAGE}\nCOPY app /app/app\nUSER 10001:10001\n",
+        "serving/app/serve.py": "print('serve')\n",
+    });
+}
