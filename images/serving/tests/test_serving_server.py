@@ -1,0 +1,226 @@
+"""The production command (python -m app.serve, 2 workers) as a real process on a loopback port."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from serving_helpers import GUIDE_REQUEST, metric_value, wait_for
+
+SERVING_DIR = Path(__file__).resolve().parents[1]
+BODY = json.dumps(GUIDE_REQUEST).encode()
+HEADERS = {"Content-Type": "application/json"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, tmp_path: Path, models_dir: Path, **env: str) -> None:
+        self.port = free_port()
+        self.log_path = tmp_path / "server.log"
+        self.multiproc_dir = tmp_path / "prom"
+        full_env = {
+            **os.environ,
+            "PYTHONPATH": str(SERVING_DIR),
+            "MODELS_DIR": str(models_dir),
+            "MODEL_NAME": "iris-classifier",
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "WORKERS": "2",
+            "RELOAD_INTERVAL_SECONDS": "0.2",
+            "PROMETHEUS_MULTIPROC_DIR": str(self.multiproc_dir),
+            **env,
+        }
+        self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "app.serve"], cwd=SERVING_DIR, env=full_env, stdout=self.log, stderr=self.log
+        )
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, http.client.HTTPMessage, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            conn.request(method, path, body=body, headers=HEADERS if body else {})
+            resp = conn.getresponse()
+            return resp.status, resp.headers, resp.read()
+        finally:
+            conn.close()
+
+    def wait_until_up(self, timeout: float = 60) -> None:
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.logs()}")
+            try:
+                return self.request("GET", "/health")[0] == 200
+            except OSError:
+                return False
+
+        wait_for(up, timeout=timeout, interval=0.1, what=f"the server on port {self.port}")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def start_server(tmp_path, models_dir):
+    servers: list[Server] = []
+
+    def _start(**env: str) -> Server:
+        server = Server(tmp_path, models_dir, **env)
+        servers.append(server)
+        server.wait_until_up()
+        return server
+
+    yield _start
+    for server in servers:
+        server.stop()
+
+
+class Client(threading.Thread):
+    """Posts the guide's request over one keep-alive connection (one worker) until stopped."""
+
+    def __init__(self, port: int, stop: threading.Event) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.stop_event = stop
+        self.versions: list[str] = []
+        self.failures: list[str] = []
+
+    def run(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    conn.request("POST", "/predict", body=BODY, headers=HEADERS)
+                    resp = conn.getresponse()
+                    data = resp.read()
+                except (OSError, http.client.HTTPException) as exc:
+                    self.failures.append(f"{type(exc).__name__}: {exc}")
+                    return
+                if resp.status != 200:
+                    self.failures.append(f"{resp.status}: {data[:200]!r}")
+                    continue
+                body = json.loads(data)
+                if body["class_name"] != "setosa":
+                    self.failures.append(f"unexpected answer {body}")
+                self.versions.append(body["model_version"])
+        finally:
+            conn.close()
+
+    def count(self, version: str) -> int:
+        return self.versions.count(version)
+
+
+def test_hot_swap_under_concurrent_requests_with_two_workers(
+    start_server, publish, publish_broken, trained, models_dir
+):
+    first_dir = publish(trained["small"], 1)
+
+    def snapshot():
+        return sorted((str(p.relative_to(models_dir)), p.stat().st_mtime_ns) for p in models_dir.rglob("*"))
+
+    server = start_server()
+    wait_for(lambda: server.request("GET", "/ready")[0] == 200, timeout=30, what="readiness")
+
+    stop = threading.Event()
+    clients = [Client(server.port, stop) for _ in range(4)]
+    for c in clients:
+        c.start()
+    try:
+        wait_for(lambda: all(c.count("1") >= 5 or c.failures for c in clients), timeout=30, what="traffic on v1")
+        publish(trained["big"], 2)
+        wait_for(lambda: all(c.count("2") >= 20 or c.failures for c in clients), timeout=30, what="traffic on v2")
+
+        # A corrupt model published now is refused by both workers; v2 keeps answering.
+        publish_broken(first_dir, 3, lambda d: (d / "model.joblib").write_bytes(b"\x80\x04truncated"))
+        published = snapshot()
+        wait_for(lambda: server.logs().count("refused model 3") >= 2, timeout=30, what="both workers to refuse v3")
+        seen = [len(c.versions) for c in clients]
+        wait_for(
+            lambda: all(len(c.versions) >= n + 10 or c.failures for c, n in zip(clients, seen, strict=True)),
+            timeout=30,
+            what="more traffic after the refusal",
+        )
+    finally:
+        stop.set()
+        for c in clients:
+            c.join(timeout=20)
+
+    assert [c.failures for c in clients] == [[]] * len(clients)
+    for c in clients:
+        # Old, then new, never back; the corrupt v3 never answered.
+        first_new = c.versions.index("2")
+        assert set(c.versions[:first_new]) == {"1"}
+        assert set(c.versions[first_new:]) == {"2"}, "a client went back to the old version or saw v3"
+
+    served = sum(len(c.versions) for c in clients)
+    status, headers, text = server.request("GET", "/metrics")
+    assert status == 200
+    text = text.decode()
+    # Aggregated over both workers: every client request is counted once.
+    assert metric_value(text, "serving_http_requests_total", endpoint="/predict", method="POST", status="200") == served
+    assert metric_value(text, "serving_predictions_total", class_name="setosa") == served
+    assert metric_value(text, "serving_model_info", version="2", run_id="run-2") == 1
+    assert metric_value(text, "serving_model_info", version="1", run_id="run-1") == 0
+    assert metric_value(text, "serving_model_reloads_total", result="loaded") == 4  # 2 workers x 2 versions
+    assert metric_value(text, "serving_model_reloads_total", result="refused") == 2
+    assert metric_value(text, "serving_model_loaded") == 1
+    assert snapshot() == published  # the server never writes into MODELS_DIR
+
+    assert server.stop() == 0
+    assert "Traceback" not in server.logs()
+
+
+def test_starts_without_a_model_and_becomes_ready_when_one_is_published(start_server, publish, trained):
+    server = start_server(WORKERS="1")
+    status, headers, _ = server.request("GET", "/ready")
+    assert status == 503
+    status, headers, body = server.request("POST", "/predict", BODY)
+    assert status == 503
+    assert headers["Retry-After"] == "1"
+    publish(trained["small"], 1)
+    wait_for(lambda: server.request("GET", "/ready")[0] == 200, timeout=30, what="readiness after publishing")
+    status, _, body = server.request("POST", "/predict", BODY)
+    assert json.loads(body)["class_name"] == "setosa"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "reason"),
+    [
+        ("WORKERS", "two", "valid integer"),
+        ("WORKERS", "0", "greater than or equal to 1"),
+        ("PORT", "70000", "less than or equal to 65535"),
+        ("RELOAD_INTERVAL_SECONDS", "-1", "greater than 0"),
+        ("MODEL_NAME", "../etc", "plain directory name"),
+    ],
+)
+def test_bad_setting_fails_fast_naming_it(tmp_path, name, value, reason):
+    env = {**os.environ, "PYTHONPATH": str(SERVING_DIR), "MODELS_DIR": str(tmp_path), name: value}
+    proc = subprocess.run(
+        [sys.executable, "-m", "app.serve"], cwd=SERVING_DIR, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2
+    assert f"invalid setting {name}={value!r}" in proc.stderr
+    assert reason in proc.stderr
