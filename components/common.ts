@@ -21,13 +21,18 @@ export function podSecurityContext(): k8s.types.input.core.v1.PodSecurityContext
     };
 }
 
-/** Container-level security context: no privilege escalation, every capability dropped. */
+/** Container-level security context: read-only root, no privilege escalation, every capability dropped. */
 export function containerSecurityContext(): k8s.types.input.core.v1.SecurityContext {
     return {
+        readOnlyRootFilesystem: true,
         allowPrivilegeEscalation: false,
         capabilities: { drop: ["ALL"] },
     };
 }
+
+/** The writable /tmp every pod needs with a read-only root (the images set HOME=/tmp). */
+export const TMP_VOLUME = { name: "tmp", emptyDir: { sizeLimit: "512Mi" } };
+export const TMP_MOUNT = { name: "tmp", mountPath: "/tmp" };
 
 /**
  * `Never` when the stack loads the images into the cluster itself (the tag is content-addressed,

@@ -1,7 +1,7 @@
 /** The MLflow tracking server: Deployment `mlflow-server` + Service `mlflow-service:5000` in mlops-training. */
 import * as k8s from "@pulumi/kubernetes";
 import * as pulumi from "@pulumi/pulumi";
-import { COMMON_LABELS, containerSecurityContext, podSecurityContext } from "./common";
+import { COMMON_LABELS, containerSecurityContext, podSecurityContext, TMP_MOUNT, TMP_VOLUME } from "./common";
 import { TRAINING_NAMESPACE } from "./namespaces";
 
 export const MLFLOW_DEPLOYMENT = "mlflow-server";
@@ -11,19 +11,19 @@ export const MLFLOW_PORT = 5000;
 /** In-cluster tracking URI (cross-namespace DNS, as the guide's troubleshooting says). */
 export const TRACKING_URI = `http://${MLFLOW_SERVICE}.${TRAINING_NAMESPACE}.svc.cluster.local:${MLFLOW_PORT}`;
 
-/** Host headers the server accepts: the Service's DNS names, loopback (port-forward) and pod/node IPs (probes). */
+/** Host headers the server accepts (docs/interfaces.md): the Service's DNS names and loopback (port-forward). */
 export function mlflowAllowedHosts(): string {
     const fqdn = `${MLFLOW_SERVICE}.${TRAINING_NAMESPACE}`;
-    const names = [`${fqdn}.svc.cluster.local`, `${fqdn}.svc`, fqdn, MLFLOW_SERVICE];
     return [
-        ...names.flatMap((n) => [n, `${n}:${MLFLOW_PORT}`]),
-        "localhost",
+        `${fqdn}.svc.cluster.local:${MLFLOW_PORT}`,
+        `${fqdn}.svc.cluster.local`,
+        `${fqdn}.svc:${MLFLOW_PORT}`,
+        `${fqdn}:${MLFLOW_PORT}`,
+        `${MLFLOW_SERVICE}:${MLFLOW_PORT}`,
         "localhost:*",
-        "127.0.0.1",
         "127.0.0.1:*",
-        "10.*",
-        "172.*",
-        "192.168.*",
+        "localhost",
+        "127.0.0.1",
     ].join(",");
 }
 
@@ -36,6 +36,8 @@ export function mlflowCommand(): string[] {
         "0.0.0.0",
         "--port",
         String(MLFLOW_PORT),
+        "--workers",
+        "2",
         "--backend-store-uri",
         "sqlite:////data/mlflow/mlflow.db",
         "--artifacts-destination",
@@ -78,7 +80,6 @@ export function mlflowDeployment(args: MlflowServerArgs): k8s.apps.v1.Deployment
                             image: args.image,
                             imagePullPolicy: args.imagePullPolicy,
                             command: mlflowCommand(),
-                            env: [{ name: "HOME", value: "/tmp" }],
                             ports: [{ name: "http", containerPort: MLFLOW_PORT }],
                             readinessProbe: {
                                 httpGet: { path: "/health", port: MLFLOW_PORT },
@@ -98,10 +99,10 @@ export function mlflowDeployment(args: MlflowServerArgs): k8s.apps.v1.Deployment
                                 limits: { cpu: "1", memory: "1536Mi" },
                             },
                             securityContext: containerSecurityContext(),
-                            volumeMounts: [{ name: "data", mountPath: "/data" }],
+                            volumeMounts: [{ name: "data", mountPath: "/data" }, TMP_MOUNT],
                         },
                     ],
-                    volumes: [{ name: "data", persistentVolumeClaim: { claimName: args.dataClaim } }],
+                    volumes: [{ name: "data", persistentVolumeClaim: { claimName: args.dataClaim } }, TMP_VOLUME],
                 },
             },
         },

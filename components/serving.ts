@@ -1,7 +1,7 @@
 /** The serving API: Deployment `iris-serving` + LoadBalancer Service `iris-serving-service` (80 -> 8000) in mlops-serving. */
 import * as k8s from "@pulumi/kubernetes";
 import * as pulumi from "@pulumi/pulumi";
-import { COMMON_LABELS, containerSecurityContext, podSecurityContext } from "./common";
+import { COMMON_LABELS, containerSecurityContext, podSecurityContext, TMP_MOUNT, TMP_VOLUME } from "./common";
 
 export const SERVING_DEPLOYMENT = "iris-serving";
 export const SERVING_SERVICE = "iris-serving-service";
@@ -68,10 +68,10 @@ export function servingDeployment(args: ServingApiArgs): k8s.apps.v1.DeploymentA
                                 limits: { cpu: "500m", memory: "512Mi" },
                             },
                             securityContext: containerSecurityContext(),
-                            volumeMounts: [{ name: "models", mountPath: "/models", readOnly: true }],
+                            volumeMounts: [{ name: "models", mountPath: "/models", readOnly: true }, TMP_MOUNT],
                         },
                     ],
-                    volumes: [{ name: "models", persistentVolumeClaim: { claimName: args.modelsClaim, readOnly: true } }],
+                    volumes: [{ name: "models", persistentVolumeClaim: { claimName: args.modelsClaim, readOnly: true } }, TMP_VOLUME],
                 },
             },
         },

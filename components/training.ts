@@ -5,7 +5,7 @@
 import * as command from "@pulumi/command";
 import * as k8s from "@pulumi/kubernetes";
 import * as pulumi from "@pulumi/pulumi";
-import { COMMON_LABELS, containerSecurityContext, podSecurityContext } from "./common";
+import { COMMON_LABELS, containerSecurityContext, podSecurityContext, TMP_MOUNT, TMP_VOLUME } from "./common";
 import { PromotionPolicy, TrainingRun } from "./config";
 import { jobName, labelValue, runHash } from "./naming";
 import { BASH, shq } from "./shell";
@@ -87,17 +87,16 @@ export function trainingJob(run: TrainingRun, name: string, args: TrainingRunsAr
                                 { name: "MODELS_DIR", value: "/data/models" },
                                 { name: "MODEL_NAME", value: MODEL_NAME },
                                 { name: "PROMOTION_POLICY", value: args.promotionPolicy },
-                                { name: "HOME", value: "/tmp" },
                             ],
                             resources: {
                                 requests: { cpu: "500m", memory: "512Mi" },
                                 limits: { cpu: "2", memory: "2Gi" },
                             },
                             securityContext: containerSecurityContext(),
-                            volumeMounts: [{ name: "data", mountPath: "/data" }],
+                            volumeMounts: [{ name: "data", mountPath: "/data" }, TMP_MOUNT],
                         },
                     ],
-                    volumes: [{ name: "data", persistentVolumeClaim: { claimName: args.dataClaim } }],
+                    volumes: [{ name: "data", persistentVolumeClaim: { claimName: args.dataClaim } }, TMP_VOLUME],
                 },
             },
         },

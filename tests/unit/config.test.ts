@@ -49,7 +49,7 @@ describe("config", () => {
         [{ imageLoader: "registry" }, "imageLoader", /ops-demo:imageLoader = "registry": must be one of k3s, embedded, kind, none/],
         [{ promotionPolicy: "sometimes" }, "promotionPolicy", /must be one of always, better/],
         [{ sudo: "yes" }, "sudo", /ops-demo:sudo = "yes": must be true or false/],
-        [{ runName: "  " }, "runName", /ops-demo:runName = "  ": must be a non-empty string/],
+        [{ runName: "  " }, "runName", /ops-demo:runName = " {2}": must be a non-empty string/],
         [{ storageDir: "data/mlops" }, "storageDir", /ops-demo:storageDir = "data\/mlops": must be an absolute path/],
         [{ k3sImage: "rancher/k3s" }, "k3sImage", /must be an image reference with a pinned tag/],
         [{ cluster: "embedded", imageLoader: "k3s" }, "imageLoader", /ops-demo:imageLoader = "k3s": must be embedded or none when cluster=embedded/],

@@ -27,6 +27,23 @@ const sha = (s: string) => crypto.createHash("sha256").update(s).digest("hex");
 /** A kubeconfig the embedded cluster's command "prints" under mocks. */
 export const FAKE_KUBECONFIG = "apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n";
 
+const SECRET_SIG = "4dabf18193072939515e22adb298388d";
+
+/** Replaces Pulumi's serialized secrets (`{<sig>: ..., value}`) by their values, recursively. */
+export function unwrapSecrets(v: unknown): unknown {
+    if (Array.isArray(v)) {
+        return v.map(unwrapSecrets);
+    }
+    if (v !== null && typeof v === "object") {
+        const o = v as Record<string, unknown>;
+        if (SECRET_SIG in o && "value" in o) {
+            return unwrapSecrets(o.value);
+        }
+        return Object.fromEntries(Object.entries(o).map(([k, x]) => [k, unwrapSecrets(x)]));
+    }
+    return v;
+}
+
 /** Mocks that record every resource and refuse every provider function call. */
 export class RecordingMocks implements pulumi.runtime.Mocks {
     readonly resources: Recorded[] = [];
@@ -50,7 +67,7 @@ export class RecordingMocks implements pulumi.runtime.Mocks {
         this.resources.push({
             type: args.type,
             name: args.name,
-            inputs: args.inputs,
+            inputs: unwrapSecrets(args.inputs) as Record<string, unknown>,
             provider: args.provider,
             custom: args.custom !== false,
             id,
