@@ -1,3 +1,5 @@
+import * as crypto from "crypto";
+import * as os from "os";
 import * as assert from "assert";
 import { imagesDir } from "./fixtures";
 import { findResource, kubernetesObjects, ofType, ProgramRun, Recorded, runProgram, stackConfig } from "./harness";
@@ -95,7 +97,7 @@ describe("the program, stack k3s (the host's k3s)", () => {
             assert.ok(cmd.create.endsWith(`docker save ${image.imageName} | sudo -n k3s ctr images import -`), cmd.create);
             assert.match(cmd.create, /set -euo pipefail/);
             assert.deepStrictEqual(cmd.interpreter, ["/bin/bash", "-c"]);
-            assert.deepStrictEqual(cmd.triggers, [`sha256:${require("crypto").createHash("sha256").update(image.imageName).digest("hex")}`]);
+            assert.deepStrictEqual(cmd.triggers, [`sha256:${crypto.createHash("sha256").update(image.imageName).digest("hex")}`]);
         }
     });
 
@@ -111,7 +113,7 @@ describe("the program, stack k3s (the host's k3s)", () => {
     it("prepares the storage directory for 10001:10001 with sudo before the volumes", () => {
         const prep = inputs(findResource(run.resources, K.cmd, "storage-prepare"));
         const dir = run.outputs.storageDir as string;
-        assert.strictEqual(dir, `${require("os").homedir()}/ops-demo-data/mlops`);
+        assert.strictEqual(dir, `${os.homedir()}/ops-demo-data/mlops`);
         assert.match(prep.create, /^sudo -n sh -c /);
         assert.ok(prep.create.includes(`mkdir -p ${dir} ${dir}/mlflow ${dir}/mlflow/artifacts ${dir}/models`), prep.create);
         assert.ok(prep.create.includes(`chown -R 10001:10001 ${dir}`), prep.create);
