@@ -19,6 +19,7 @@ import logging
 import math
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +28,8 @@ from typing import Any
 import joblib
 import numpy as np
 import sklearn
+from sklearn.datasets import load_iris
+from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
 
 log = logging.getLogger("app.model")
 
@@ -49,6 +52,53 @@ class ModelError(Exception):
     """A published model that cannot be served (unreadable, corrupt or incompatible)."""
 
 
+class ForestProba:
+    """predict_proba of a fitted single-output forest classifier, without the per-call overhead.
+
+    scikit-learn's ForestClassifier.predict_proba dispatches every tree through joblib and
+    re-validates the input; for the small requests this API serves that costs ~30x the trees'
+    own work. This averages the trees' leaf values (``tree_.predict``, float32 input as
+    scikit-learn itself uses) directly. It is only used for a model after ``equivalent_on()``
+    showed that it gives the same probabilities as the model's own predict_proba.
+    """
+
+    def __init__(self, forest: Any) -> None:
+        self.trees = [est.tree_ for est in forest.estimators_]
+        self.n_classes = int(forest.n_classes_)
+
+    @classmethod
+    def applies_to(cls, estimator: Any) -> bool:
+        return (
+            type(estimator) in (RandomForestClassifier, ExtraTreesClassifier)
+            and getattr(estimator, "n_outputs_", None) == 1
+            and len(getattr(estimator, "estimators_", ())) > 0
+            and all(getattr(est, "n_classes_", None) == estimator.n_classes_ for est in estimator.estimators_)
+        )
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        X = np.ascontiguousarray(rows, dtype=np.float32)
+        acc = self.trees[0].predict(X)  # a new (n_rows, n_classes) float64 array, safe to add into
+        for tree in self.trees[1:]:
+            acc += tree.predict(X)
+        acc /= len(self.trees)
+        return acc
+
+    def equivalent_on(self, estimator: Any, rows: np.ndarray) -> bool:
+        try:
+            mine = self(rows)
+        except Exception:  # noqa: BLE001 - any surprise means: use the model's own method
+            return False
+        return mine.shape == (len(rows), self.n_classes) and np.allclose(mine, estimator.predict_proba(rows), atol=1e-9)
+
+
+def _reference_rows() -> np.ndarray:
+    """The Iris rows (bundled with scikit-learn) plus the corners of their range: the fast path's proof set."""
+    data = load_iris().data.astype(np.float64)
+    lo, hi = data.min(axis=0), data.max(axis=0)
+    corners = np.array([[(hi if (i >> j) & 1 else lo)[j] for j in range(N_FEATURES)] for i in range(2**N_FEATURES)])
+    return np.vstack([data, corners, CHECK_ROW])
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class LoadedModel:
     """One loaded, checked model; immutable, so a request holding it sees one version throughout."""
@@ -62,10 +112,12 @@ class LoadedModel:
     metadata: dict
     pointer: dict
     loaded_at: str
+    proba: Callable[[np.ndarray], np.ndarray]
+    inference: str
 
     def predict_proba(self, rows: np.ndarray) -> np.ndarray:
         """Class probabilities, shape (len(rows), len(class_names)); column i is class id i."""
-        return self.estimator.predict_proba(rows)
+        return self.proba(rows)
 
     def describe(self) -> dict:
         meta = self.metadata
@@ -83,6 +135,7 @@ class LoadedModel:
             "published_at": self.pointer.get("published_at"),
             "dir": self.dir,
             "loaded_at": self.loaded_at,
+            "inference": self.inference,
         }
 
 
@@ -182,6 +235,13 @@ def load_version(version_dir: Path, pointer: dict) -> LoadedModel:
     if hasattr(estimator, "n_jobs"):
         # One request = one thread: joblib workers per call only add overhead for small inputs.
         estimator.n_jobs = 1
+    proba, inference = estimator.predict_proba, "predict_proba"
+    if ForestProba.applies_to(estimator):
+        fast = ForestProba(estimator)
+        if fast.equivalent_on(estimator, _reference_rows()):
+            proba, inference = fast, "forest-trees"
+        else:
+            log.warning("%s: the direct tree path disagrees with predict_proba; using predict_proba", model_path)
     return LoadedModel(
         estimator=estimator,
         version=str(meta["version"]),
@@ -192,6 +252,8 @@ def load_version(version_dir: Path, pointer: dict) -> LoadedModel:
         metadata=meta,
         pointer=pointer,
         loaded_at=_now(),
+        proba=proba,
+        inference=inference,
     )
 
 

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 import sklearn
 from serving_helpers import GUIDE_REQUEST, metric_value, wait_for
-from sklearn.ensemble import RandomForestClassifier
+from sklearn.datasets import load_iris
+from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
 
-from app.model import ModelHolder
+from app.model import ForestProba, ModelHolder, _reference_rows
 
 
 def served_version(client) -> str | None:
@@ -171,3 +173,42 @@ def test_holder_never_writes_into_models_dir(models_dir, publish, publish_broken
 def test_current_sklearn_version_is_what_the_trainer_records(models_dir, publish, trained):
     version_dir = publish(trained["small"], 1)
     assert json.loads((version_dir / "metadata.json").read_text())["sklearn_version"] == sklearn.__version__
+
+
+class SharpenedForest(RandomForestClassifier):
+    """A forest whose predict_proba is not the mean of its trees (like a calibrated one)."""
+
+    def predict_proba(self, X):
+        p = super().predict_proba(X) ** 2
+        return p / p.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize(
+    ("make", "inference"),
+    [
+        (lambda: RandomForestClassifier(n_estimators=25, max_depth=4, random_state=1), "forest-trees"),
+        (lambda: ExtraTreesClassifier(n_estimators=25, random_state=1), "forest-trees"),
+        (lambda: SharpenedForest(n_estimators=25, max_depth=4, random_state=1), "predict_proba"),
+        (lambda: LogisticRegression(max_iter=500), "predict_proba"),
+    ],
+    ids=["random-forest", "extra-trees", "forest-subclass", "logistic-regression"],
+)
+def test_any_classifier_answers_like_its_own_predict_proba(models_dir, publish, trained, make, inference):
+    iris = load_iris()
+    estimator = make().fit(iris.data, iris.target)
+    result = trained["small"]
+    result = type(result)(**{**vars(result), "model": estimator})
+    publish(result, 1)
+    holder = ModelHolder(models_dir, "iris-classifier")
+    assert holder.load().status == "loaded"
+    assert holder.current.inference == inference
+    rows = np.vstack([iris.data, iris.data + 0.05])
+    model, proba = holder.predict(rows)
+    np.testing.assert_allclose(proba, estimator.predict_proba(rows), atol=1e-9)
+
+
+def test_fast_path_proof_detects_a_different_model(trained):
+    rows = _reference_rows()
+    small, big = trained["small"].model, trained["big"].model
+    assert ForestProba(small).equivalent_on(small, rows)
+    assert not ForestProba(small).equivalent_on(big, rows)
