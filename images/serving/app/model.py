@@ -31,6 +31,8 @@ import sklearn
 from sklearn.datasets import load_iris
 from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
 
+from .render import Renderer
+
 log = logging.getLogger("app.model")
 
 POINTER_FILE = "current.json"
@@ -114,6 +116,7 @@ class LoadedModel:
     loaded_at: str
     proba: Callable[[np.ndarray], np.ndarray]
     inference: str
+    renderer: Renderer
 
     def predict_proba(self, rows: np.ndarray) -> np.ndarray:
         """Class probabilities, shape (len(rows), len(class_names)); column i is class id i."""
@@ -254,6 +257,7 @@ def load_version(version_dir: Path, pointer: dict) -> LoadedModel:
         loaded_at=_now(),
         proba=proba,
         inference=inference,
+        renderer=Renderer(class_names, str(meta["version"])),
     )
 
 
