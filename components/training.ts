@@ -143,7 +143,8 @@ export class TrainingRuns extends pulumi.ComponentResource {
         this.waits = [];
         for (const run of args.runs) {
             const jn = jobName(run, args.imageRef, args.promotionPolicy);
-            const job = new k8s.batch.v1.Job(`${name}-${jn}`, trainingJob(run, jn, args), { parent: this });
+            // A Job's pod template is immutable and its name is fixed: replace it by delete-then-create.
+            const job = new k8s.batch.v1.Job(`${name}-${jn}`, trainingJob(run, jn, args), { parent: this, deleteBeforeReplace: true });
             const wait = new command.local.Command(
                 `${name}-${jn}-wait`,
                 {
