@@ -162,10 +162,36 @@ export function stackConfig(stack: string, overrides: Record<string, string> = {
     return out;
 }
 
+/** A resource as the mock engine holds it: URN (with the parent's type) and final state (components: registered outputs). */
+export interface Registered {
+    readonly type: string;
+    readonly name: string;
+    /** Type of the parent resource, undefined at the top level. */
+    readonly parentType?: string;
+    readonly state: Record<string, unknown>;
+}
+
 /** What one run of the program declared and exported. */
 export interface ProgramRun {
     readonly resources: Recorded[];
+    readonly registered: Registered[];
     readonly outputs: Record<string, unknown>;
+}
+
+function registeredResources(): Registered[] {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const monitor = require("@pulumi/pulumi/runtime/settings").getMonitor();
+    const out: Registered[] = [];
+    for (const [urn, r] of monitor.getRegisteredResources() as Map<string, { state: unknown }>) {
+        const [, , qualified, name] = urn.split("::");
+        const parts = qualified.split("$");
+        const state = r.state as { toJavaScript?: () => unknown } | Record<string, unknown> | undefined;
+        const plain = state && typeof (state as { toJavaScript?: unknown }).toJavaScript === "function"
+            ? ((state as { toJavaScript: () => unknown }).toJavaScript() as Record<string, unknown>)
+            : ((state ?? {}) as Record<string, unknown>);
+        out.push({ type: parts[parts.length - 1], name, parentType: parts.length > 1 ? parts[parts.length - 2] : undefined, state: plain });
+    }
+    return out;
 }
 
 async function resolveDeep(v: unknown): Promise<unknown> {
@@ -227,7 +253,7 @@ export async function runProgram(config: Record<string, string>, stack = "test",
     const outputs = (await resolveDeep({ ...exported })) as Record<string, unknown>;
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     await require("@pulumi/pulumi/runtime/settings").waitForRPCs();
-    return { resources: mocks.resources, outputs };
+    return { resources: mocks.resources, registered: registeredResources(), outputs };
 }
 
 /** Finds exactly one recorded resource by type and logical name. */

@@ -43,6 +43,34 @@ describe("the program, stack k3s (the host's k3s)", () => {
         ]);
     });
 
+    it("parents every resource to its component and every component registers its outputs", () => {
+        const expectedParent: [RegExp, string][] = [
+            [/^kubernetes:core\/v1:Namespace$/, "ops-demo:k8s:Namespaces"],
+            [/^kubernetes:core\/v1:Persistent/, "ops-demo:storage:SharedStorage"],
+            [/^docker:index\/image:Image$/, "ops-demo:images:Images"],
+            [/^pulumi:providers:kubernetes$/, "ops-demo:cluster:ExistingCluster"],
+        ];
+        for (const r of run.registered) {
+            if (r.type.startsWith("ops-demo:")) {
+                assert.strictEqual(r.parentType, undefined, `${r.type} is a top-level component`);
+                assert.ok(Object.keys(r.state).length > 0, `${r.type} ${r.name} did not register outputs`);
+                continue;
+            }
+            assert.match(String(r.parentType), /^ops-demo:[a-z0-9]+:[A-Za-z]+$/, `${r.type} ${r.name} has no component parent`);
+            for (const [pattern, parent] of expectedParent) {
+                if (pattern.test(r.type)) {
+                    assert.strictEqual(r.parentType, parent, `${r.type} ${r.name}`);
+                }
+            }
+        }
+        const byName = (name: string) => run.registered.find((r) => r.name === name)!;
+        assert.strictEqual(byName("mlflow-deployment").parentType, "ops-demo:mlflow:MlflowServer");
+        assert.strictEqual(byName("serving-service").parentType, "ops-demo:serving:ServingApi");
+        assert.strictEqual(byName("storage-prepare").parentType, "ops-demo:storage:SharedStorage");
+        assert.strictEqual(byName("image-import-training").parentType, "ops-demo:images:ImageImport");
+        assert.strictEqual(run.registered.filter((r) => r.parentType === "ops-demo:training:TrainingRuns").length, 2);
+    });
+
     it("uses a kubernetes provider on the k3s kubeconfig for every Kubernetes object", () => {
         const provider = findResource(run.resources, "pulumi:providers:kubernetes", "cluster-k8s");
         assert.strictEqual(inputs(provider).kubeconfig, "/etc/rancher/k3s/k3s.yaml");
