@@ -107,12 +107,12 @@ export function trainingJob(run: TrainingRun, name: string, args: TrainingRunsAr
  * Waits (bounded by `timeoutMinutes`) until the Job completes; on failure prints where to look
  * (`kubectl logs -n mlops-training job/<name>`) and the last log lines, and exits 1.
  */
-export function waitScript(kubectl: string, namespace: string, name: string, timeoutMinutes: number): string {
+export function waitScript(kubectl: string, namespace: string, name: string, timeoutMinutes: number, pollSeconds = 5): string {
     const job = `job/${name}`;
     const look = `look at: kubectl logs -n ${namespace} ${job}  (and kubectl describe -n ${namespace} ${job})`;
     return [
         "set -uo pipefail",
-        `deadline=$((SECONDS + ${timeoutMinutes * 60}))`,
+        `deadline=$((SECONDS + ${Math.round(timeoutMinutes * 60)}))`,
         "while true; do",
         `  state=$(${kubectl} get -n ${shq(namespace)} ${shq(job)} -o jsonpath='{range .status.conditions[*]}{.type}={.status}{" "}{end}' 2>&1) || state="unreachable: $state"`,
         `  case "$state" in`,
@@ -126,7 +126,7 @@ export function waitScript(kubectl: string, namespace: string, name: string, tim
         `    echo "training run ${name} did not finish within ${timeoutMinutes} minutes (last state: $state); ${look}" >&2`,
         "    exit 1",
         "  fi",
-        "  sleep 5",
+        `  sleep ${pollSeconds}`,
         "done",
     ].join("\n");
 }

@@ -1,0 +1,119 @@
+/**
+ * The shell commands the stack runs, executed for real against fake docker/kubectl/k3s programs:
+ * their exit codes and messages are what a user sees when `pulumi up` fails.
+ */
+import * as assert from "assert";
+import { spawnSync } from "child_process";
+import * as fs from "fs";
+import * as os from "os";
+import * as path from "path";
+import { kubeconfigScript } from "../../components/cluster";
+import { importCommand } from "../../components/imageImport";
+import { prepareScript } from "../../components/storage";
+import { waitScript } from "../../components/training";
+
+/** Runs `script` with bash, fake programs (name -> bash body) first on PATH. */
+function run(script: string, fakes: Record<string, string>) {
+    const bin = fs.mkdtempSync(path.join(os.tmpdir(), "fakes-"));
+    for (const [name, body] of Object.entries(fakes)) {
+        fs.writeFileSync(path.join(bin, name), `#!/bin/bash\n${body}\n`, { mode: 0o755 });
+    }
+    const log = path.join(bin, "log");
+    const r = spawnSync("/bin/bash", ["-c", script], {
+        encoding: "utf8",
+        env: { PATH: `${bin}:/usr/bin:/bin`, LOG: log },
+        timeout: 30000,
+    });
+    return { ...r, log: fs.existsSync(log) ? fs.readFileSync(log, "utf8") : "" };
+}
+
+describe("the training wait", () => {
+    const kubectl = (state: string) => `[ "$1" = logs ] && { echo "[trainer] error: boom"; exit 0; }; printf '%s' "${state}"`;
+
+    it("succeeds when the Job completes", () => {
+        const r = run(waitScript("kubectl", "mlops-training", "iris-training-a-1234abcd", 1, 0.1), { kubectl: kubectl("Complete=True ") });
+        assert.strictEqual(r.status, 0, r.stderr);
+        assert.match(r.stdout, /training run iris-training-a-1234abcd completed/);
+    });
+
+    it("fails naming kubectl logs -n mlops-training job/<name>, with the last log lines", () => {
+        const r = run(waitScript("kubectl", "mlops-training", "iris-training-a-1234abcd", 1, 0.1), { kubectl: kubectl("Failed=True ") });
+        assert.strictEqual(r.status, 1);
+        assert.match(r.stderr, /training run iris-training-a-1234abcd failed; look at: kubectl logs -n mlops-training job\/iris-training-a-1234abcd/);
+        assert.match(r.stderr, /\[trainer\] error: boom/);
+    });
+
+    it("keeps polling while the Job runs, and gives up at the deadline saying where to look", () => {
+        const r = run(waitScript("kubectl", "mlops-training", "iris-training-b-1234abcd", 1 / 60, 0.2), { kubectl: `echo x >> "$LOG"; printf ''` });
+        assert.strictEqual(r.status, 1);
+        assert.match(r.stderr, /did not finish within .* minutes .*kubectl logs -n mlops-training job\/iris-training-b-1234abcd/);
+        assert.ok(r.log.split("\n").filter((l) => l === "x").length >= 2, `polled ${JSON.stringify(r.log)}`);
+    });
+
+    it("reports an unreachable API server in its last state", () => {
+        const r = run(waitScript("kubectl", "mlops-training", "j", 1 / 60, 0.2), { kubectl: `echo "connection refused" >&2; exit 1` });
+        assert.strictEqual(r.status, 1);
+        assert.match(r.stderr, /last state: unreachable: connection refused/);
+    });
+});
+
+describe("the image import", () => {
+    const opts = { sudo: true, embeddedContainer: "ops-demo-k3s", kindClusterName: "kind" };
+
+    it("pipes docker save into k3s ctr images import", () => {
+        const r = run(importCommand("k3s", "ops-demo:serving-0123456789ab", { ...opts, sudo: false })!, {
+            docker: `[ "$1 $2" = "save ops-demo:serving-0123456789ab" ] && printf 'TARBALL'`,
+            k3s: `[ "$*" = "ctr images import -" ] && [ "$(cat)" = TARBALL ] && echo imported`,
+        });
+        assert.strictEqual(r.status, 0, r.stderr);
+        assert.strictEqual(r.stdout.trim(), "imported");
+    });
+
+    it("fails when docker save fails, even though the importer succeeds (pipefail)", () => {
+        const r = run(importCommand("embedded", "ops-demo:serving-0123456789ab", opts)!, {
+            docker: `[ "$1" = save ] && { echo "No such image" >&2; exit 1; }; cat >/dev/null; exit 0`,
+        });
+        assert.notStrictEqual(r.status, 0);
+        assert.match(r.stderr, /No such image/);
+    });
+});
+
+describe("the embedded cluster's kubeconfig", () => {
+    it("waits for the API and a node, then prints the kubeconfig with the published port", () => {
+        const r = run(kubeconfigScript("ops-demo-k3s", 16443, 20), {
+            docker: [
+                `shift 2`,
+                `case "$*" in`,
+                `  "kubectl get --raw=/readyz") [ -f "$LOG" ] && exit 0; touch "$LOG"; exit 1 ;;`,
+                `  "kubectl get nodes -o name") echo node/ops-demo-k3s ;;`,
+                `  "cat /etc/rancher/k3s/k3s.yaml") printf 'clusters:\\n- cluster:\\n    server: https://127.0.0.1:6443\\n' ;;`,
+                `esac`,
+            ].join("\n"),
+        });
+        assert.strictEqual(r.status, 0, r.stderr);
+        assert.match(r.stdout, /server: https:\/\/127\.0\.0\.1:16443/);
+    });
+
+    it("gives up after its timeout, saying where to look", () => {
+        const r = run(kubeconfigScript("ops-demo-k3s", 16443, 1), { docker: "exit 1", sleep: "exit 0" });
+        assert.strictEqual(r.status, 1);
+        assert.match(r.stderr, /the k3s in container ops-demo-k3s was not ready after 1s; look at: docker logs ops-demo-k3s/);
+    });
+});
+
+describe("the storage preparation", () => {
+    it("creates the layout and hands it to 10001:10001", function () {
+        if (process.getuid?.() !== 0) {
+            this.skip(); // chown to another user needs root (the stack uses sudo or the node container)
+        }
+        const dir = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "storage-")), "my data", "mlops");
+        const r = run(prepareScript(dir), {});
+        assert.strictEqual(r.status, 0, r.stderr);
+        for (const sub of ["", "mlflow", "mlflow/artifacts", "models"]) {
+            const st = fs.statSync(path.join(dir, sub));
+            assert.ok(st.isDirectory(), sub);
+            assert.strictEqual(st.uid, 10001, sub);
+            assert.strictEqual(st.gid, 10001, sub);
+        }
+    });
+});
