@@ -2,7 +2,7 @@ import * as assert from "assert";
 import * as os from "os";
 import { ConfigError, DEFAULTS, expandHome, loadConfig, parseIntStrict } from "../../components/config";
 import { imagesDir } from "./fixtures";
-import { projectDeclarations, runProgram, stackConfig } from "./harness";
+import { cliTypeProblem, projectDeclarations, runProgram, stackConfig, stackFileConfig } from "./harness";
 
 /** loadConfig over a plain map (short keys), without the unknown-key check that reads the Pulumi runtime. */
 const load = (values: Record<string, string>, home = "/home/u") => loadConfig((k) => values[k], home, false);
@@ -37,6 +37,32 @@ describe("config", () => {
             assert.ok(d.description && d.description.length > 10, `${k} has no description`);
             assert.deepStrictEqual(d.default, (DEFAULTS as Record<string, unknown>)[k], `default of ${k}`);
         }
+    });
+
+    for (const stack of ["dev", "k3s"]) {
+        it(`Pulumi.${stack}.yaml sets only declared keys of the project, with values of the declared types`, () => {
+            const decls = projectDeclarations();
+            const raw = stackFileConfig(stack);
+            assert.ok(Object.keys(raw).length >= 4);
+            for (const [k, v] of Object.entries(raw)) {
+                assert.match(k, /^ops-demo:/, `${k} is not namespaced`);
+                const decl = decls[k.slice("ops-demo:".length)];
+                assert.ok(decl, `${k} is not declared in Pulumi.yaml`);
+                assert.strictEqual(cliTypeProblem(k, decl, v), undefined);
+            }
+            const cfg = loadConfig((k) => stackConfig(stack)[`ops-demo:${k}`], "/home/u", false);
+            assert.strictEqual(cfg.cluster, stack === "dev" ? "embedded" : "existing");
+            assert.strictEqual(cfg.imageLoader, stack === "dev" ? "embedded" : "k3s");
+            assert.strictEqual(cfg.servingReplicas, 2);
+        });
+    }
+
+    it("checks stack values against the declared types as the CLI does", () => {
+        assert.match(String(cliTypeProblem("ops-demo:nEstimators", { type: "integer" }, "abc")), /is not of type integer/);
+        assert.match(String(cliTypeProblem("ops-demo:sudo", { type: "boolean" }, "yes")), /is not of type boolean/);
+        assert.match(String(cliTypeProblem("ops-demo:experiments", { type: "array", items: { type: "string" } }, [{ runName: "a" }])), /not of type array/);
+        assert.strictEqual(cliTypeProblem("ops-demo:experiments", { type: "array", items: { type: "string" } }, ["runName=a"]), undefined);
+        assert.strictEqual(cliTypeProblem("ops-demo:nEstimators", { type: "integer" }, 300), undefined);
     });
 
     const cases: [Record<string, string>, string, RegExp][] = [
