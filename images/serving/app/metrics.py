@@ -30,6 +30,8 @@ class Metrics:
     """The app's metrics in their own registry (one per app, so tests do not share counters)."""
 
     def __init__(self) -> None:
+        if path := multiprocess_dir():
+            os.makedirs(path, exist_ok=True)  # app.serve empties it; plain `uvicorn app.main:app` may not
         self.registry = CollectorRegistry(auto_describe=True)
         reg = self.registry
         self.requests = Counter(
