@@ -24,6 +24,15 @@ class Settings(BaseSettings):
     reload_interval_seconds: float = Field(
         2.0, gt=0, le=3600, description="how often current.json is checked for a newly published model"
     )
+    worker_healthcheck_timeout_seconds: int = Field(
+        30,
+        ge=1,
+        le=600,
+        description=(
+            "how long uvicorn's supervisor waits for a worker's health ping before killing it; its default "
+            "of 5 s kills busy workers mid-request on a loaded node"
+        ),
+    )
     log_level: str = Field("info", description="critical, error, warning, info or debug")
     access_log: bool = Field(False, description="log every request (off by default: it costs on the hot path)")
 

@@ -72,6 +72,7 @@ def main() -> int:
         proxy_headers=False,
         server_header=False,
         timeout_graceful_shutdown=10,
+        timeout_worker_healthcheck=settings.worker_healthcheck_timeout_seconds,
     )
     return 0
 

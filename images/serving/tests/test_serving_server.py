@@ -191,6 +191,7 @@ def test_hot_swap_under_concurrent_requests_with_two_workers(
 
     assert server.stop() == 0
     assert "Traceback" not in server.logs()
+    assert "died" not in server.logs()  # no worker was killed and restarted by the supervisor
 
 
 def test_starts_without_a_model_and_becomes_ready_when_one_is_published(start_server, publish, trained):
@@ -214,6 +215,7 @@ def test_starts_without_a_model_and_becomes_ready_when_one_is_published(start_se
         ("PORT", "70000", "less than or equal to 65535"),
         ("RELOAD_INTERVAL_SECONDS", "-1", "greater than 0"),
         ("MODEL_NAME", "../etc", "plain directory name"),
+        ("WORKER_HEALTHCHECK_TIMEOUT_SECONDS", "0.5", "valid integer"),
     ],
 )
 def test_bad_setting_fails_fast_naming_it(tmp_path, name, value, reason):
