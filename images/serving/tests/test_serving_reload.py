@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
+import threading
 
 import joblib
 import numpy as np
@@ -212,3 +214,37 @@ def test_fast_path_proof_detects_a_different_model(trained):
     small, big = trained["small"].model, trained["big"].model
     assert ForestProba(small).equivalent_on(small, rows)
     assert not ForestProba(small).equivalent_on(big, rows)
+
+
+def test_a_request_in_flight_during_the_swap_is_answered_wholly_by_the_old_model(client, publish, trained):
+    """Deterministic: hold a request inside the old model, swap, release; the answer is all old."""
+    app = client.app
+    holder = app.state.holder
+    old = holder.current
+    entered, release = threading.Event(), threading.Event()
+
+    def held_proba(rows):
+        entered.set()
+        assert release.wait(timeout=10)
+        return old.proba(rows)
+
+    # Same model, but held mid-prediction (and run in a worker thread, as non-forest models are).
+    holder._current = dataclasses.replace(old, proba=held_proba, inference="predict_proba")
+    answer: dict = {}
+    request = threading.Thread(target=lambda: answer.update(r=client.post("/predict", json=GUIDE_REQUEST)))
+    request.start()
+    try:
+        assert entered.wait(timeout=10)
+        publish(trained["big"], 2)
+        # The swap, while the request is inside the old model (by this call or the reload loop,
+        # whichever takes the holder's lock first; either way it is done when load() returns).
+        holder.load()
+        assert holder.current.version == "2"
+    finally:
+        release.set()
+        request.join(timeout=10)
+    body = answer["r"].json()
+    assert body["model_version"] == "1"
+    expected = trained["small"].model.predict_proba(np.array([GUIDE_REQUEST["features"]]))[0]
+    assert list(body["probabilities"].values()) == pytest.approx(expected.tolist())
+    assert client.post("/predict", json=GUIDE_REQUEST).json()["model_version"] == "2"
