@@ -61,11 +61,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def pick_up() -> None:
         old = holder.current
         outcome = holder.load()
-        if outcome.status == "loaded":
-            metrics.model_swapped(old, outcome.model)
-            metrics.reloads.labels("loaded").inc()
-        elif outcome.status == "refused":
+        if outcome.status == "refused":
             metrics.reloads.labels("refused").inc()
+        if holder.current is not old:  # a new model, or an earlier one when a fresh worker met a broken one
+            metrics.model_swapped(old, holder.current)
+            metrics.reloads.labels("loaded").inc()
 
     async def reload_loop() -> None:
         while True:

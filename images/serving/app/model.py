@@ -44,6 +44,7 @@ N_FEATURES = 4
 # A known Iris row (the guide's request): every candidate must answer it sanely before it serves.
 CHECK_ROW = np.array([[5.1, 3.5, 1.4, 0.2]], dtype=np.float64)
 
+FALLBACK_TRIES = 3
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 # Inputs are validated as finite numbers before they reach the model; skip scikit-learn's re-check.
@@ -139,6 +140,7 @@ class LoadedModel:
             "dir": self.dir,
             "loaded_at": self.loaded_at,
             "inference": self.inference,
+            "fallback": bool(self.pointer.get("fallback")),
         }
 
 
@@ -323,9 +325,28 @@ class ModelHolder:
                 pointer = self._parse_pointer(raw)
                 candidate = load_version(self.root / VERSIONS_DIR / pointer["dir"], pointer)
             except ModelError as exc:
-                serving = self._current.version if self._current else None
-                log.error("refused model %s: %s (still serving version %s)", pointer.get("version", "?"), exc, serving)
-                return LoadOutcome("refused", self._current, reason=str(exc), pointer=pointer)
+                if self._current is not None:
+                    log.error(
+                        "refused model %s: %s (still serving version %s)",
+                        pointer.get("version", "?"),
+                        exc,
+                        self._current.version,
+                    )
+                    return LoadOutcome("refused", self._current, reason=str(exc), pointer=pointer)
+                # A worker that starts (or restarts) while current.json names a broken model would
+                # otherwise answer 503 beside workers still serving the last good one.
+                fallback = self._newest_loadable(exclude=pointer.get("dir"))
+                log.error(
+                    "refused model %s: %s (%s)",
+                    pointer.get("version", "?"),
+                    exc,
+                    f"serving the newest earlier version {fallback.version} from {fallback.dir} instead"
+                    if fallback
+                    else "no earlier version loads either; not ready",
+                )
+                if fallback is not None:
+                    self._current = fallback
+                return LoadOutcome("refused", fallback, reason=str(exc), pointer=pointer)
             previous = self._current
             self._current = candidate  # the swap: one reference, rebound atomically
             log.info(
@@ -337,3 +358,28 @@ class ModelHolder:
                 f", replacing version {previous.version}" if previous else "",
             )
             return LoadOutcome("loaded", candidate, pointer=pointer)
+
+    def _newest_loadable(self, exclude: str | None) -> LoadedModel | None:
+        """The most recently created version directory that passes every check (tries at most a few)."""
+        candidates = []
+        try:
+            entries = list((self.root / VERSIONS_DIR).iterdir())
+        except OSError:
+            return None
+        for path in entries:
+            # Hidden names are the exporter's half-written temporaries.
+            if path.name == exclude or not _SAFE_NAME.match(path.name) or not path.is_dir():
+                continue
+            try:
+                meta = read_metadata(path)
+                candidates.append((str(meta.get("created_at") or ""), path.stat().st_mtime, path, meta))
+            except (ModelError, OSError):
+                continue
+        candidates.sort(key=lambda c: (c[0], c[1]), reverse=True)
+        for _, _, path, meta in candidates[:FALLBACK_TRIES]:
+            pointer = {"dir": path.name, "version": str(meta.get("version")), "run_id": meta.get("run_id")}
+            try:
+                return load_version(path, {**pointer, "fallback": True})
+            except ModelError as exc:
+                log.warning("earlier version in %s does not load either: %s", path, exc)
+        return None

@@ -248,3 +248,42 @@ def test_a_request_in_flight_during_the_swap_is_answered_wholly_by_the_old_model
     expected = trained["small"].model.predict_proba(np.array([GUIDE_REQUEST["features"]]))[0]
     assert list(body["probabilities"].values()) == pytest.approx(expected.tolist())
     assert client.post("/predict", json=GUIDE_REQUEST).json()["model_version"] == "2"
+
+
+def test_fresh_worker_meeting_a_broken_model_serves_the_newest_earlier_good_one(
+    models_dir, make_client, publish, publish_broken, trained
+):
+    publish(trained["small"], 1)
+    second = publish(trained["big"], 2)
+    publish_broken(second, 3, truncate_model)
+    client = make_client()  # starts after v3 was published, like a restarted worker
+    assert client.get("/ready").json() == {"ready": True, "model_version": "2"}
+    info = client.get("/model").json()
+    assert info["version"] == "2"
+    assert info["fallback"] is True
+    text = client.get("/metrics").text
+    assert metric_value(text, "serving_model_reloads_total", result="refused") == 1
+    assert metric_value(text, "serving_model_info", version="2", run_id="run-2") == 1
+    # The next good publication replaces the fallback as usual.
+    publish(trained["small"], 4)
+    wait_for(lambda: served_version(client) == "4", timeout=5, what="version 4")
+    assert client.get("/model").json()["fallback"] is False
+
+
+def test_holder_fallback_skips_broken_earlier_versions_and_gives_up_cleanly(
+    models_dir, publish, publish_broken, trained
+):
+    first = publish(trained["small"], 1)
+    publish_broken(first, 2, garbage_metadata)
+    publish_broken(first, 3, truncate_model)
+    publish_broken(first, 4, remove_model)
+    holder = ModelHolder(models_dir, "iris-classifier")
+    outcome = holder.load()
+    assert outcome.status == "refused"
+    assert holder.current is not None and holder.current.version == "1"
+
+    truncate_model(first)  # now no version loads: a fresh holder stays not ready
+    fresh = ModelHolder(models_dir, "iris-classifier")
+    assert fresh.load().status == "refused"
+    assert not fresh.ready
+    assert holder.current.version == "1"  # a loaded model is never dropped

@@ -142,7 +142,13 @@ def test_hot_swap_under_concurrent_requests_with_two_workers(
         return sorted((str(p.relative_to(models_dir)), p.stat().st_mtime_ns) for p in models_dir.rglob("*"))
 
     server = start_server()
-    wait_for(lambda: server.request("GET", "/ready")[0] == 200, timeout=30, what="readiness")
+
+    def loads() -> float:
+        text = server.request("GET", "/metrics")[2].decode()
+        return metric_value(text, "serving_model_reloads_total", result="loaded") or 0
+
+    # Both workers up with v1 (a worker can start seconds after the other on a busy machine).
+    wait_for(lambda: loads() == 2, timeout=60, interval=0.1, what="both workers to load v1")
 
     stop = threading.Event()
     clients = [Client(server.port, stop) for _ in range(4)]
