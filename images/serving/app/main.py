@@ -67,17 +67,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics.model_swapped(old, holder.current)
             metrics.reloads.labels("loaded").inc()
 
+    async def check_for_model() -> None:
+        try:
+            await asyncio.to_thread(pick_up)
+        except Exception:  # never fatal: the old model (or readiness false) stays, the next check retries
+            log.exception("model reload check failed")
+
     async def reload_loop() -> None:
         while True:
             await asyncio.sleep(settings.reload_interval_seconds)
-            try:
-                await asyncio.to_thread(pick_up)
-            except Exception:  # the loop must outlive any surprise; the old model keeps serving
-                log.exception("model reload check failed")
+            await check_for_model()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await asyncio.to_thread(pick_up)
+        await check_for_model()
         if not holder.ready:
             log.warning(
                 "no model published yet at %s; not ready, checking every %ss",

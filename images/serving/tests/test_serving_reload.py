@@ -287,3 +287,22 @@ def test_holder_fallback_skips_broken_earlier_versions_and_gives_up_cleanly(
     assert fresh.load().status == "refused"
     assert not fresh.ready
     assert holder.current.version == "1"  # a loaded model is never dropped
+
+
+def test_an_unexpected_error_while_checking_is_logged_and_retried(monkeypatch, make_client, publish, trained, caplog):
+    publish(trained["small"], 1)
+    real_load = ModelHolder.load
+    calls = []
+
+    def flaky_load(self):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("disk hiccup")
+        return real_load(self)
+
+    monkeypatch.setattr(ModelHolder, "load", flaky_load)
+    caplog.set_level(logging.ERROR, logger="app")
+    client = make_client()  # the first check (in lifespan) fails: the app still starts
+    assert client.get("/health").status_code == 200
+    wait_for(lambda: served_version(client) == "1", timeout=5, what="the retry to load version 1")
+    assert any("model reload check failed" in r.getMessage() for r in caplog.records)
