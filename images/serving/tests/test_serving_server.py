@@ -147,6 +147,10 @@ def test_hot_swap_under_concurrent_requests_with_two_workers(
         text = server.request("GET", "/metrics")[2].decode()
         return metric_value(text, "serving_model_reloads_total", result="loaded") or 0
 
+    def refusals() -> float:
+        text = server.request("GET", "/metrics")[2].decode()
+        return metric_value(text, "serving_model_reloads_total", result="refused") or 0
+
     # Both workers up with v1 (a worker can start seconds after the other on a busy machine).
     wait_for(lambda: loads() == 2, timeout=60, interval=0.1, what="both workers to load v1")
 
@@ -159,10 +163,13 @@ def test_hot_swap_under_concurrent_requests_with_two_workers(
         publish(trained["big"], 2)
         wait_for(lambda: all(c.count("2") >= 20 or c.failures for c in clients), timeout=30, what="traffic on v2")
 
+        wait_for(lambda: loads() == 4, timeout=30, interval=0.1, what="both workers to load v2")
+
         # A corrupt model published now is refused by both workers; v2 keeps answering.
         publish_broken(first_dir, 3, lambda d: (d / "model.joblib").write_bytes(b"\x80\x04truncated"))
         published = snapshot()
-        wait_for(lambda: server.logs().count("refused model 3") >= 2, timeout=30, what="both workers to refuse v3")
+        wait_for(lambda: refusals() == 2, timeout=30, what="both workers to refuse v3")
+        assert server.logs().count("refused model 3") == 2
         seen = [len(c.versions) for c in clients]
         wait_for(
             lambda: all(len(c.versions) >= n + 10 or c.failures for c, n in zip(clients, seen, strict=True)),
@@ -182,11 +189,17 @@ def test_hot_swap_under_concurrent_requests_with_two_workers(
         assert set(c.versions[first_new:]) == {"2"}, "a client went back to the old version or saw v3"
 
     served = sum(len(c.versions) for c in clients)
-    status, headers, text = server.request("GET", "/metrics")
-    assert status == 200
-    text = text.decode()
-    # Aggregated over both workers: every client request is counted once.
-    assert metric_value(text, "serving_http_requests_total", endpoint="/predict", method="POST", status="200") == served
+
+    def predict_count() -> float | None:
+        status, _, body = server.request("GET", "/metrics")
+        assert status == 200
+        return metric_value(body.decode(), "serving_http_requests_total", endpoint="/predict", status="200")
+
+    # Aggregated over both workers: every client request is counted once. The middleware counts a
+    # request after its response is sent, so the last one may land a moment after the client has it.
+    wait_for(lambda: predict_count() == served, timeout=10, what=f"{served} predictions counted")
+    assert predict_count() == served
+    text = server.request("GET", "/metrics")[2].decode()
     assert metric_value(text, "serving_predictions_total", class_name="setosa") == served
     assert metric_value(text, "serving_model_info", version="2", run_id="run-2") == 1
     assert metric_value(text, "serving_model_info", version="1", run_id="run-1") == 0
