@@ -199,3 +199,53 @@ def test_first_export_failure_leaves_no_champion(trainer_env, monkeypatch, mlflo
     with pytest.raises(MlflowException):
         client.get_model_version_by_alias(trainer_env["MODEL_NAME"], "champion")
     assert read_current(trainer_env["MODELS_DIR"], trainer_env["MODEL_NAME"]) is None
+
+
+def test_mlflow_lost_mid_run_exits_non_zero_and_never_records_the_run_as_finished(tmp_path, monkeypatch, capsys):
+    """The tracking server dies after the run started: bounded failure, and the run is not FINISHED."""
+    import time
+
+    from trainer_testlib import free_port, running_mlflow_server, stop_process_group
+
+    import trainer.plots
+
+    data_dir, port = tmp_path / "data", free_port()
+    name, models_dir = "iris-outage", tmp_path / "models"
+    env = {
+        "MLFLOW_EXPERIMENT_NAME": "outage",
+        "MODEL_NAME": name,
+        "MODELS_DIR": str(models_dir),
+        "PROMOTION_POLICY": "always",
+        # MLflow's own client retries, kept short here (the trainer's default is 3 retries).
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+
+    with running_mlflow_server(data_dir, port) as (server, proc):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+        real_plot = trainer.plots.confusion_matrix_figure
+
+        def server_dies_then_plot(*args, **kwargs):
+            stop_process_group(proc)
+            return real_plot(*args, **kwargs)
+
+        monkeypatch.setattr(trainer.plots, "confusion_matrix_figure", server_dies_then_plot)
+        started = time.monotonic()
+        code = cli.main(["--n-estimators", "10", "--max-depth", "3", "--run-name", "outage"])
+        elapsed = time.monotonic() - started
+
+    assert code == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("[trainer] error: run failed") and server.uri in last
+    assert elapsed < 120
+    assert read_current(models_dir, name) is None
+
+    # Back up on the same store: the run is there, but not recorded as finished; nothing registered.
+    with running_mlflow_server(data_dir, port) as (server, _proc):
+        client = _client(server.uri)
+        run = _run_by_name(client, "outage", "outage")
+        assert run.info.status in ("RUNNING", "FAILED")
+        assert client.search_model_versions(f"name = '{name}'") == []

@@ -10,10 +10,13 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,3 +99,34 @@ def wait_for_health(uri: str, proc: subprocess.Popen | None, deadline_s: float, 
             pass
         time.sleep(0.25)
     raise AssertionError(f"mlflow server at {uri} not healthy within {deadline_s:.0f}s:\n{log_tail()}")
+
+
+def stop_process_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the server's process group (it was started in its own session), SIGKILL if it lingers."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+@contextmanager
+def running_mlflow_server(data_dir: Path, port: int | None = None) -> Iterator[tuple[MlflowServer, subprocess.Popen]]:
+    """Start the documented server command on loopback with its data in data_dir; stop it on exit."""
+    (data_dir / "mlflow").mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    argv = localize_command(documented_server_command(), data_dir, port)
+    log_path = data_dir / f"mlflow-server-{port}.log"
+    env = {**os.environ, **QUIET_ENV, "HOME": str(data_dir)}
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            argv, cwd=data_dir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    server = MlflowServer(f"http://127.0.0.1:{port}", port, data_dir, log_path, argv)
+    try:
+        wait_for_health(server.uri, proc, SERVER_START_DEADLINE, server.log_tail)
+        yield server, proc
+    finally:
+        stop_process_group(proc)
