@@ -37,7 +37,7 @@ export function mlflowCommand(): string[] {
         "--port",
         String(MLFLOW_PORT),
         "--workers",
-        "2",
+        "1",
         "--backend-store-uri",
         "sqlite:////data/mlflow/mlflow.db",
         "--artifacts-destination",

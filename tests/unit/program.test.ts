@@ -187,7 +187,7 @@ describe("the program, stack k3s (the host's k3s)", () => {
         assert.deepStrictEqual(d.spec.strategy, { type: "Recreate" });
         const c = d.spec.template.spec.containers[0];
         assert.deepStrictEqual(c.readinessProbe.httpGet, { path: "/health", port: 5000 });
-        assert.deepStrictEqual(c.command.slice(0, 8), ["mlflow", "server", "--host", "0.0.0.0", "--port", "5000", "--workers", "2"]);
+        assert.deepStrictEqual(c.command.slice(0, 8), ["mlflow", "server", "--host", "0.0.0.0", "--port", "5000", "--workers", "1"]);
         assert.ok(c.command.includes("sqlite:////data/mlflow/mlflow.db"));
         assert.ok(c.command.includes("--serve-artifacts"));
         const hosts = c.command[c.command.indexOf("--allowed-hosts") + 1];
