@@ -31,7 +31,7 @@ const cluster: ClusterAccess =
 const k8sOpts = { providers: [cluster.provider] };
 const pullPolicy = imagePullPolicy(cfg.imageLoader);
 
-const images = new Images("images", { imagesDir: process.env.OPS_DEMO_IMAGES_DIR ?? path.join(__dirname, "images"), baseImage: cfg.baseImage });
+const images = new Images("images", { imagesDir: process.env.OPS_DEMO_IMAGES_DIR || path.join(__dirname, "images"), baseImage: cfg.baseImage });
 const imported = new ImageImport(
     "image-import",
     {
