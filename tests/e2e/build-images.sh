@@ -2,10 +2,15 @@
 # Build the project's images on the local Docker engine (legacy builder) from a local base image.
 #
 # Usage: tests/e2e/build-images.sh [--base IMAGE] [--timings FILE] NAME=TAG[,TAG...] ...
+#        tests/e2e/build-images.sh [--base IMAGE] --wheels-only NAME ...
 #   NAME     an image directory under images/ (training, serving) holding a Dockerfile
 #   TAG      image name(s) to tag the build with, e.g. ops-demo:training-3f2a1c
 #   --base   BASE_IMAGE build arg (default ops-demo-base:bookworm, made by tests/e2e/base-image.sh)
 #   --timings FILE  append "NAME<TAB>first TAG<TAB>seconds" per image
+#   --wheels-only   only decide where pip installs from and fill the wheelhouses when needed;
+#                   prints "PIP_SOURCE=index|wheelhouse" (pass it back in the environment of the
+#                   build call). Do this before rendering the stack: the image tags hash the
+#                   build context, wheels/ included.
 # Env:   PIP_SOURCE=auto|index|wheelhouse (default auto). auto probes whether a container of the
 #        base image reaches PyPI; when it does not (for example a TLS-intercepting egress whose CA
 #        the image does not trust), the requirements are downloaded on the host into
@@ -19,15 +24,18 @@ die() { echo "build-images: error: $*" >&2; exit 1; }
 
 base="ops-demo-base:bookworm"
 timings=""
+wheels_only=0
 specs=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --base) [ $# -ge 2 ] || die "--base needs a value"; base="$2"; shift 2 ;;
     --timings) [ $# -ge 2 ] || die "--timings needs a value"; timings="$2"; shift 2 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
-    -*) die "unknown option '$1' (allowed: --base IMAGE, --timings FILE)" ;;
+    --wheels-only) wheels_only=1; shift ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -*) die "unknown option '$1' (allowed: --base IMAGE, --timings FILE, --wheels-only)" ;;
     *=*) specs+=("$1"); shift ;;
-    *) die "argument '$1' is not allowed: expected NAME=TAG[,TAG...] with NAME a directory under images/" ;;
+    *) [ "$wheels_only" = 1 ] || die "argument '$1' is not allowed: expected NAME=TAG[,TAG...] with NAME a directory under images/"
+       specs+=("$1=-"); shift ;;
   esac
 done
 [ "${#specs[@]}" -gt 0 ] || die "nothing to build: give NAME=TAG[,TAG...] (e.g. training=ops-demo:training-dev)"
@@ -44,6 +52,7 @@ for spec in "${specs[@]}"; do
   [ -f "images/$name/requirements.txt" ] || die "images/$name/requirements.txt is missing"
   [ -n "$tags" ] || die "no tag given for image '$name' (in '$spec')"
   IFS=, read -r -a tag_list <<<"$tags"
+  [ "$wheels_only" = 1 ] && continue
   for t in "${tag_list[@]}"; do
     [[ "$t" =~ $ref_re ]] || die "tag '$t' for image '$name' is not a valid image reference (lowercase name[:tag])"
   done
@@ -70,6 +79,11 @@ if [ "$pip_source" = auto ]; then
 fi
 
 host_pip() {
+  # the host's pip when it has one (pip download --platform needs no venv); else a throwaway venv
+  if python3 -m pip --version >/dev/null 2>&1; then
+    python3 -m pip --disable-pip-version-check "$@"
+    return
+  fi
   if [ ! -x "$workdir/pipvenv/bin/pip" ]; then
     python3 -m venv "$workdir/pipvenv" || die "python3 -m venv failed on the host (apt-get install python3-venv)"
   fi
@@ -86,15 +100,24 @@ for spec in "${specs[@]}"; do
   name="${spec%%=*}"; IFS=, read -r -a tag_list <<<"${spec#*=}"
   if [ "$pip_source" = wheelhouse ]; then
     start=$(date +%s)
-    say "downloading wheels for images/$name/requirements.txt into images/$name/wheels/ (cp311, manylinux x86_64)"
     mkdir -p "images/$name/wheels"
-    if ! host_pip download -q --only-binary=:all: --python-version 3.11 --implementation cp --abi cp311 \
-        "${platforms[@]}" -d "images/$name/wheels" -r "images/$name/requirements.txt" >"$workdir/pip-$name.log" 2>&1; then
-      tail -n 20 "$workdir/pip-$name.log" >&2
-      die "pip download of images/$name/requirements.txt failed (above)"
+    # Offline first: when the wheelhouse already resolves every requirement, download nothing
+    # (and change nothing in the build context).
+    if host_pip install -q --dry-run --ignore-installed --no-index --find-links "images/$name/wheels" \
+        --only-binary=:all: --python-version 3.11 --implementation cp --abi cp311 "${platforms[@]}" \
+        --target "$workdir/dry-$name" -r "images/$name/requirements.txt" >/dev/null 2>&1; then
+      say "wheelhouse images/$name/wheels/ already complete"
+    else
+      say "downloading wheels for images/$name/requirements.txt into images/$name/wheels/ (cp311, manylinux x86_64)"
+      if ! host_pip download -q --only-binary=:all: --python-version 3.11 --implementation cp --abi cp311 \
+          "${platforms[@]}" -d "images/$name/wheels" -r "images/$name/requirements.txt" >"$workdir/pip-$name.log" 2>&1; then
+        tail -n 20 "$workdir/pip-$name.log" >&2
+        die "pip download of images/$name/requirements.txt failed (above)"
+      fi
+      say "wheelhouse for $name ready in $(( $(date +%s) - start ))s ($(ls "images/$name/wheels" | grep -c '\.whl$') wheels)"
     fi
-    say "wheelhouse for $name ready in $(( $(date +%s) - start ))s ($(ls "images/$name/wheels" | grep -c '\.whl$') wheels)"
   fi
+  [ "$wheels_only" = 1 ] && continue
   tag_args=()
   for t in "${tag_list[@]}"; do tag_args+=(-t "$t"); done
   say "docker build images/$name -> ${tag_list[*]} (BASE_IMAGE=$base, pip from $pip_source)"
@@ -109,3 +132,5 @@ for spec in "${specs[@]}"; do
   say "built ${tag_list[*]} in ${secs}s ($(( size / 1024 / 1024 )) MiB)"
   [ -z "$timings" ] || printf '%s\t%s\t%s\n' "$name" "${tag_list[0]}" "$secs" >>"$timings"
 done
+[ "$wheels_only" = 1 ] && echo "PIP_SOURCE=$pip_source"
+exit 0
