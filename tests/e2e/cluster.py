@@ -34,7 +34,7 @@ def parse_docker_time(s: str) -> float:
     if "." in s:
         head, frac = s.split(".", 1)
         s = f"{head}.{frac[:6]}"
-    return dt.datetime.fromisoformat(s).replace(tzinfo=dt.timezone.utc).timestamp()
+    return dt.datetime.fromisoformat(s).replace(tzinfo=dt.UTC).timestamp()
 
 
 @dataclass

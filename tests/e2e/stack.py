@@ -180,7 +180,8 @@ class Stack:
                         target = match[0].get("targetPort", port)
                         backends = [
                             b for b in self.workloads()
-                            if b.namespace == svc.namespace and svc in self.services_selecting(b.namespace, pod_labels(b))
+                            if b.namespace == svc.namespace
+                            and svc in self.services_selecting(b.namespace, pod_labels(b))
                         ]
                         if not backends:
                             raise SpecError(f"{svc} (named by {wl} {what}) selects no declared pod")

@@ -17,6 +17,7 @@ import time
 
 import httpx
 import pytest
+
 from cluster import Running, parse_docker_time
 from stack import DEPLOYMENT, JOB, Resource, Stack, plan_pod, pod_spec, resolve_port
 
@@ -87,7 +88,8 @@ class Roles:
 
     def __init__(self, stack: Stack):
         jobs = stack.of_type(JOB)
-        assert len(jobs) == 1, f"the default config declares {len(jobs)} training Jobs, expected 1: {[str(j) for j in jobs]}"
+        assert len(jobs) == 1, \
+            f"the default config declares {len(jobs)} training Jobs, expected 1: {[str(j) for j in jobs]}"
         self.job = jobs[0]
         referenced = []
         for c in pod_spec(self.job)["containers"]:
@@ -104,7 +106,8 @@ class Roles:
         assert len(backends) == 1, f"{self.tracking_service} selects {len(backends)} Deployments, expected 1"
         self.mlflow = backends[0]
         others = [d for d in deployments if d is not self.mlflow]
-        assert len(others) == 1, f"expected one serving Deployment besides {self.mlflow}, found {[str(o) for o in others]}"
+        assert len(others) == 1, \
+            f"expected one serving Deployment besides {self.mlflow}, found {[str(o) for o in others]}"
         self.serving = others[0]
         services = stack.services_selecting(self.serving.namespace, _labels(self.serving))
         assert services, f"no Service selects the pods of {self.serving}"
@@ -169,7 +172,8 @@ def test_0_render_build_and_prepare_storage(e2e):
                 if m.startswith("type=bind") and "readonly" not in m:
                     src = dict(kv.split("=", 1) for kv in m.split(",") if "=" in kv)["src"]
                     owner = os.stat(src).st_uid
-                    assert uid is None or owner == uid, f"{wl} runs as {uid} but mounts {src} read-write, owned by {owner}"
+                    assert uid is None or owner == uid, \
+                        f"{wl} runs as {uid} but mounts {src} read-write, owned by {owner}"
     e2e.build_images(stack, images)
     e2e.values["images"] = images
 
@@ -278,7 +282,8 @@ def test_4_retrain_hot_reload_under_load(e2e, deadline):
     # Only training changes: the serving and MLflow pods are declared exactly as before (no restart).
     for wl in (roles.serving, roles.mlflow):
         after = stack2.find(wl.type, wl.kname, wl.namespace)
-        assert after.spec.get("template") == wl.spec.get("template"), f"{wl} pod template changed with the training config"
+        assert after.spec.get("template") == wl.spec.get("template"), \
+            f"{wl} pod template changed with the training config"
     old_jobs = {j.kname for j in stack1.of_type(JOB)}
     new_jobs = [j for j in stack2.of_type(JOB) if j.kname not in old_jobs]
     assert len(new_jobs) == 1, f"the optimized config declares {len(new_jobs)} new Jobs, expected 1"
@@ -296,11 +301,13 @@ def test_4_retrain_hot_reload_under_load(e2e, deadline):
         runs = api.runs(run_filter(OPTIMIZED_RUN))
         assert len(runs) == 1, f"MLflow has {len(runs)} runs with {run_filter(OPTIMIZED_RUN)}, expected 1"
         run = runs[0]
-        assert run["info"]["status"] == "FINISHED" and run["info"].get("run_name") == OPTIMIZED_RUN["runName"], run["info"]
+        assert run["info"]["status"] == "FINISHED", run["info"]
+        assert run["info"].get("run_name") == OPTIMIZED_RUN["runName"], run["info"]
         (v,) = api.versions_of_run(run["info"]["run_id"])
         v2 = str(v["version"])
         assert v2 != e2e.values["v1"]
-        assert str(api.alias(e2e.values["model"], CHAMPION)["version"]) == v2, "the optimized run's model is not champion"
+        champion = str(api.alias(e2e.values["model"], CHAMPION)["version"])
+        assert champion == v2, f"{CHAMPION} is version {champion}, not the optimized run's {v2}"
 
         bound = reload_bound(serving[0].plan)
         t_job_end = time.time()
@@ -370,7 +377,8 @@ def test_5_mlflow_restart_keeps_runs_and_serving_survives_mlflow_down(e2e):
 
 def test_6_summary(e2e):
     table = e2e.report.table()
-    print(f"\n{table}")
+    print(f"\n===== summary =====\n{table}")
+    e2e.values["summary_printed"] = True
     for section in ("image size", "build time", "start -> ready", "training time", "restart -> ready"):
         assert section in e2e.report.sections, f"summary lacks {section!r}"
     assert any(s.endswith("-> serving") for s in e2e.report.sections), "summary lacks the promotion -> serving time"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import copy
 
 import pytest
-from stack import DEPLOYMENT, JOB, PV, PVC, SERVICE, SpecError, Stack, config_keys, plan_pod
 
 from conftest import REPO
+from stack import DEPLOYMENT, JOB, PV, PVC, SERVICE, SpecError, Stack, config_keys, plan_pod
 
 
 def objects(tmp_path, *, job_env_url="http://db-service.ns-a.svc.cluster.local:5000", svc_target=5000,
