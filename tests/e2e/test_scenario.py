@@ -14,6 +14,7 @@ import os
 import subprocess
 import threading
 import time
+from dataclasses import dataclass
 
 import httpx
 import pytest
@@ -233,41 +234,60 @@ def test_3_serving_ready_and_predicts(e2e):
     e2e.values.update(serving=running, predict_urls=urls, serving_port=target)
 
 
+@dataclass(frozen=True)
+class Rec:
+    t: float
+    name: str  # serving container
+    conn: str  # "keepalive": one HTTP connection all along; "fresh": a new connection per request (like curl)
+    status: int | None
+    version: str | None
+    detail: str  # class name, or what went wrong
+
+
 class Client(threading.Thread):
-    """Sends the guide's request to every serving container in turn, all the time, until stopped."""
+    """Sends the guide's request to every serving container in turn, all the time, until stopped:
+    each time once over a kept-alive connection and once over a new one (which may reach another
+    worker process of the container)."""
 
     def __init__(self, urls: dict[str, str], max_seconds: float):
         super().__init__(daemon=True)
         self.urls = list(urls.items())
         self.max_seconds = max_seconds
         self.stopping = threading.Event()
-        self.records: list[tuple[float, str, int | None, str | None, str]] = []
+        self.records: list[Rec] = []
 
     def run(self) -> None:
         end = time.monotonic() + self.max_seconds
         i = 0
-        with httpx.Client(timeout=10) as http:
+        with httpx.Client(timeout=10) as keepalive, \
+                httpx.Client(timeout=10, limits=httpx.Limits(max_keepalive_connections=0)) as fresh:
             while not self.stopping.is_set() and time.monotonic() < end:
                 name, url = self.urls[i % len(self.urls)]
                 i += 1
-                t = time.time()
-                try:
-                    r = http.post(url, json=GUIDE_PAYLOAD)
-                    body = r.json() if r.status_code == 200 else {}
-                    self.records.append((t, name, r.status_code, str(body.get("model_version")),
-                                         str(body.get("class_name") if body else r.text[:200])))
-                except httpx.HTTPError as exc:
-                    self.records.append((t, name, None, None, f"{type(exc).__name__}: {exc}"))
-                self.stopping.wait(0.02)  # pacing: ~50 requests/s, leaves the CPUs to the training run
+                for conn, http in (("keepalive", keepalive), ("fresh", fresh)):
+                    t = time.time()
+                    try:
+                        r = http.post(url, json=GUIDE_PAYLOAD)
+                        body = r.json() if r.status_code == 200 else {}
+                        self.records.append(Rec(t, name, conn, r.status_code, str(body.get("model_version")),
+                                                str(body.get("class_name") if body else r.text[:200])))
+                    except httpx.HTTPError as exc:
+                        self.records.append(Rec(t, name, conn, None, None, f"{type(exc).__name__}: {exc}"))
+                self.stopping.wait(0.02)  # pacing: ~80 requests/s, leaves the CPUs to the training run
 
-    def latest(self, name: str) -> str | None:
+    def latest(self, name: str, conn: str) -> str | None:
         for rec in reversed(self.records):
-            if rec[1] == name and rec[2] == 200:
-                return rec[3]
+            if rec.name == name and rec.conn == conn and rec.status == 200:
+                return rec.version
         return None
 
     def count_since(self, name: str, version: str, t0: float) -> int:
-        return sum(1 for rec in self.records if rec[1] == name and rec[3] == version and rec[0] >= t0)
+        return sum(1 for rec in self.records if rec.name == name and rec.version == version and rec.t >= t0)
+
+
+def flips_back(seq: list[str | None], old: str, new: str) -> int:
+    """How many times a sequence of answered versions went from `new` back to `old`."""
+    return sum(1 for a, b in zip(seq, seq[1:], strict=False) if a == new and b == old)
 
 
 def reload_bound(plan) -> float:
@@ -312,11 +332,11 @@ def test_4_retrain_hot_reload_under_load(e2e, deadline):
         bound = reload_bound(serving[0].plan)
         t_job_end = time.time()
         left = deadline(bound)
-        while left() and any(client.latest(r.name) != v2 for r in serving):
+        while left() and any(client.latest(r.name, "keepalive") != v2 for r in serving):
             time.sleep(0.2)
-        lagging = [r.name for r in serving if client.latest(r.name) != v2]
-        assert not lagging, f"{lagging} still serve {[client.latest(n) for n in lagging]} {bound:.0f}s after " \
-            f"the run finished; expected version {v2}"
+        lagging = [r.name for r in serving if client.latest(r.name, "keepalive") != v2]
+        assert not lagging, f"{lagging} still serve {[client.latest(n, 'keepalive') for n in lagging]} " \
+            f"{bound:.0f}s after the run finished; expected version {v2}"
         # Keep the load on until every container has answered 20 more requests with the new version.
         t_new = time.time()
         more = deadline(60)
@@ -327,28 +347,37 @@ def test_4_retrain_hot_reload_under_load(e2e, deadline):
         client.join(timeout=30)
 
     records = client.records
-    failed = [rec for rec in records if rec[2] != 200]
+    failed = [rec for rec in records if rec.status != 200]
     assert not failed, f"{len(failed)} of {len(records)} requests failed during the reload, first: {failed[:5]}"
-    wrong = [rec for rec in records if rec[4] != GUIDE_CLASS]
+    wrong = [rec for rec in records if rec.detail != GUIDE_CLASS]
     assert not wrong, f"{len(wrong)} answers were not {GUIDE_CLASS}: {wrong[:5]}"
+    v1 = e2e.values["v1"]
+    fresh_flips = 0
     for r in serving:
-        seq = [rec[3] for rec in records if rec[1] == r.name]
-        assert set(seq) <= {e2e.values["v1"], v2}, f"{r.name} answered versions {sorted(set(seq))}"
+        seq = [rec.version for rec in records if rec.name == r.name and rec.conn == "keepalive"]
+        assert set(seq) <= {v1, v2}, f"{r.name} answered versions {sorted(set(seq))}"
         first_new = seq.index(v2)
-        assert all(s == e2e.values["v1"] for s in seq[:first_new]) and all(s == v2 for s in seq[first_new:]), \
-            f"{r.name} went back to the old version after serving {v2}: {seq}"
+        assert all(s == v1 for s in seq[:first_new]) and all(s == v2 for s in seq[first_new:]), \
+            f"{r.name} went back to the old version after serving {v2} on one connection: {seq}"
+        fresh = [rec.version for rec in records if rec.name == r.name and rec.conn == "fresh"]
+        assert set(fresh) <= {v1, v2}, f"{r.name} answered versions {sorted(set(fresh))}"
+        fresh_flips += flips_back(fresh, v1, v2)
         # picked up in place: same container start, no restart
         assert docker_times(r.name)[0] == starts[r.name], f"{r.name} was restarted"
         assert e2e.cluster.restart_count(r.name) == 0
         model = httpx.get(r.url(e2e.values["serving_port"], "/model"), timeout=10).json()
         published = model.get("published_at")
-        t_first = next(rec[0] for rec in records if rec[1] == r.name and rec[3] == v2)
+        t_first = next(rec.t for rec in records if rec.name == r.name and rec.version == v2)
         if published:
             p = dt.datetime.fromisoformat(published.replace("Z", "+00:00")).timestamp()
             e2e.report.add("promotion -> serving", r.name, f"{t_first - p:.1f} s (bound {bound:.0f} s)")
         else:
             e2e.report.add("run end -> serving", r.name, f"{t_first - t_job_end:.1f} s (bound {bound:.0f} s)")
     e2e.report.add("requests during reload", "all serving", f"{len(records)} sent, 0 failed")
+    # Not asserted (yet): each worker process of a container reloads on its own schedule, so
+    # requests on new connections can meet a worker still on the old version after another
+    # answered with the new one. Reported so that it is seen.
+    e2e.report.add("new -> old on new connections", "all serving", f"{fresh_flips} times")
     e2e.values.update(v2=v2)
 
 
