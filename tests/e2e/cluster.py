@@ -150,6 +150,17 @@ class Cluster:
             parts.append(f"----- logs of {name} ({st}), last {tail} lines -----\n{self.logs(name, tail)}")
         return "\n".join(parts)
 
+    def stopped(self, besides: str = "") -> list[str]:
+        """Containers of this run that are not running (other than `besides`), with exit code and OOM kill."""
+        out = []
+        for name in self.created:
+            if name == besides:
+                continue
+            st = self.state(name)
+            if st["Status"] != "running":
+                out.append(f"{name}: {st['Status']} exit {st['ExitCode']}" + (" OOM-killed" if st["OOMKilled"] else ""))
+        return out
+
     def teardown(self) -> list[str]:
         """Removes every container and network labelled with this run id; returns what it removed."""
         removed = []

@@ -137,7 +137,10 @@ def run_job(e2e, stack: Stack, job: Resource) -> Running:
     code = e2e.cluster.wait_exit(r, timeout=limit)
     started, finished = docker_times(r.name)
     e2e.report.add("training time", job.kname, f"{finished - started:.1f} s")
-    assert code == 0, f"training Job {job} container {r.name} exited {code}"
+    if code != 0:
+        others = e2e.cluster.stopped(besides=r.name)
+        pytest.fail(f"training Job {job} container {r.name} exited {code}"
+                    + (f"; not running meanwhile: {others}" if others else ""))
     return r
 
 
