@@ -80,6 +80,9 @@ export function mlflowDeployment(args: MlflowServerArgs): k8s.apps.v1.Deployment
                             image: args.image,
                             imagePullPolicy: args.imagePullPolicy,
                             command: mlflowCommand(),
+                            // MLflow 3.x otherwise starts a job runner (7 huey consumers, ~230 MiB
+                            // each) and the pod is OOM-killed at its limit (docs/interfaces.md).
+                            env: [{ name: "MLFLOW_SERVER_ENABLE_JOB_EXECUTION", value: "false" }],
                             ports: [{ name: "http", containerPort: MLFLOW_PORT }],
                             readinessProbe: {
                                 httpGet: { path: "/health", port: MLFLOW_PORT },

@@ -192,6 +192,7 @@ describe("the program, stack k3s (the host's k3s)", () => {
         assert.ok(c.command.includes("--serve-artifacts"));
         const hosts = c.command[c.command.indexOf("--allowed-hosts") + 1];
         assert.ok(hosts.split(",").includes("mlflow-service.mlops-training.svc.cluster.local:5000"), hosts);
+        assert.deepStrictEqual(c.env, [{ name: "MLFLOW_SERVER_ENABLE_JOB_EXECUTION", value: "false" }]);
     });
 
     it("serves with rolling updates that keep every replica, probed on /health and /ready:8000", () => {
