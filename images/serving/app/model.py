@@ -263,6 +263,18 @@ def load_version(version_dir: Path, pointer: dict) -> LoadedModel:
     )
 
 
+def load_model(version_dir: str | Path) -> LoadedModel:
+    """Load one exported version directory exactly as the server does (same checks, same inference path).
+
+    For benchmarks and tools: ``load_model(dir).predict_proba(rows)`` with ``rows`` a float64 array of
+    shape (n, 4) answers what ``POST /predict`` would, column i being class id i. Raises ModelError.
+    """
+    path = Path(version_dir)
+    meta = read_metadata(path)
+    pointer = {"dir": path.name, "version": str(meta.get("version")), "run_id": meta.get("run_id")}
+    return load_version(path, pointer)
+
+
 class ModelHolder:
     """Holds the model in service for one worker process.
 

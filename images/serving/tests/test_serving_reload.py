@@ -17,7 +17,7 @@ from sklearn.datasets import load_iris
 from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 
-from app.model import ForestProba, ModelHolder, _reference_rows
+from app.model import ForestProba, ModelError, ModelHolder, _reference_rows, load_model
 
 
 def served_version(client) -> str | None:
@@ -306,3 +306,16 @@ def test_an_unexpected_error_while_checking_is_logged_and_retried(monkeypatch, m
     assert client.get("/health").status_code == 200
     wait_for(lambda: served_version(client) == "1", timeout=5, what="the retry to load version 1")
     assert any("model reload check failed" in r.getMessage() for r in caplog.records)
+
+
+def test_load_model_is_the_servers_inference_path(models_dir, publish, trained):
+    version_dir = publish(trained["big"], 7)
+    model = load_model(version_dir)
+    assert model.version == "7"
+    iris = load_iris()
+    np.testing.assert_allclose(model.predict_proba(iris.data), trained["big"].model.predict_proba(iris.data), atol=1e-9)
+    holder = ModelHolder(models_dir, "iris-classifier")
+    holder.load()
+    assert holder.current.inference == model.inference
+    with pytest.raises(ModelError, match="is missing"):
+        load_model(models_dir / "nowhere")
