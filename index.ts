@@ -10,6 +10,7 @@ import { Namespaces, SERVING_NAMESPACE, TRAINING_NAMESPACE } from "./components/
 import { SharedStorage } from "./components/storage";
 import { MLFLOW_PORT, MLFLOW_SERVICE, MlflowServer } from "./components/mlflow";
 import { SERVING_SERVICE, ServingApi } from "./components/serving";
+import { Monitoring } from "./components/monitoring";
 import { TrainingRuns } from "./components/training";
 
 const MLFLOW_NODE_PORT = 30500;
@@ -79,6 +80,8 @@ const training = new TrainingRuns(
         promotionPolicy: cfg.promotionPolicy,
         kubectl: cluster.kubectl,
         timeoutMinutes: cfg.trainingTimeoutMinutes,
+        gpus: cfg.trainingGpus,
+        gpuRuntimeClass: cfg.gpuRuntimeClass,
     },
     { ...k8sOpts, dependsOn: [mlflow, ...imported.commands] },
 );
@@ -90,9 +93,23 @@ const serving = new ServingApi(
         imagePullPolicy: pullPolicy,
         modelsClaim: storage.modelsClaim,
         replicas: cfg.servingReplicas,
+        autoscaling: cfg.autoscaling,
     },
     { ...k8sOpts, dependsOn: [...training.waits, ...imported.commands] },
 );
+if (cfg.serviceMonitor || cfg.grafanaDashboard) {
+    new Monitoring(
+        "monitoring",
+        {
+            namespace: namespaces.serving,
+            serviceLabels: serving.serviceLabels,
+            servicePort: "http",
+            serviceMonitor: cfg.serviceMonitor,
+            grafanaDashboard: cfg.grafanaDashboard,
+        },
+        k8sOpts,
+    );
+}
 
 const mlflowForward = `kubectl port-forward -n ${TRAINING_NAMESPACE} svc/${MLFLOW_SERVICE} ${MLFLOW_PORT}:${MLFLOW_PORT}`;
 const servingForward = `kubectl port-forward -n ${SERVING_NAMESPACE} svc/${SERVING_SERVICE} 8000:80`;

@@ -30,6 +30,14 @@ export function containerSecurityContext(): k8s.types.input.core.v1.SecurityCont
     };
 }
 
+/**
+ * The annotations Prometheus' usual `kubernetes-pods` scrape job reads (the community Helm chart's
+ * default config): scrape this pod on `port` at `path`.
+ */
+export function prometheusAnnotations(port: number, path: string): Record<string, string> {
+    return { "prometheus.io/scrape": "true", "prometheus.io/port": String(port), "prometheus.io/path": path };
+}
+
 /** The writable /tmp every pod needs with a read-only root (the images set HOME=/tmp). */
 export const TMP_VOLUME = { name: "tmp", emptyDir: { sizeLimit: "512Mi" } };
 export const TMP_MOUNT = { name: "tmp", mountPath: "/tmp" };

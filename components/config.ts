@@ -29,6 +29,16 @@ export interface TrainingRun {
     readonly maxDepth: number;
 }
 
+/** HorizontalPodAutoscaler of the serving Deployment (autoscaling/v2, CPU utilization). */
+export interface AutoscalingConfig {
+    /** Fewest replicas the HPA keeps. */
+    readonly minReplicas: number;
+    /** Most replicas the HPA scales to. */
+    readonly maxReplicas: number;
+    /** Target average CPU utilization, percent of the containers' CPU request. */
+    readonly targetCpuPercent: number;
+}
+
 /** The validated configuration of one stack. */
 export interface StackConfig {
     /** Trees of the single run (ignored when `experiments` is set). */
@@ -71,6 +81,16 @@ export interface StackConfig {
     readonly servingHostPort: number;
     /** Host port where the embedded cluster publishes MLflow. */
     readonly mlflowHostPort: number;
+    /** The serving HPA; undefined when `autoscaling` is false (the Deployment then has `servingReplicas`). */
+    readonly autoscaling?: AutoscalingConfig;
+    /** Declare a ServiceMonitor (monitoring.coreos.com/v1) for the serving metrics. */
+    readonly serviceMonitor: boolean;
+    /** Declare the Grafana dashboard as a ConfigMap labelled grafana_dashboard="1". */
+    readonly grafanaDashboard: boolean;
+    /** nvidia.com/gpu limit of each training pod (0: none). */
+    readonly trainingGpus: number;
+    /** runtimeClassName of training pods when trainingGpus > 0; empty: the node's default runtime. */
+    readonly gpuRuntimeClass: string;
 }
 
 /** Defaults of every key, as declared in Pulumi.yaml (a unit test keeps them equal). */
@@ -95,6 +115,14 @@ export const DEFAULTS = {
     apiPort: 16443,
     servingHostPort: 8080,
     mlflowHostPort: 5000,
+    autoscaling: false,
+    autoscalingMinReplicas: 2,
+    autoscalingMaxReplicas: 10,
+    autoscalingTargetCpu: 70,
+    serviceMonitor: false,
+    grafanaDashboard: false,
+    trainingGpus: 0,
+    gpuRuntimeClass: "nvidia",
 } as const;
 
 export type ConfigKey = keyof typeof DEFAULTS;
@@ -219,6 +247,10 @@ export const LIMITS = {
     trainingTimeoutMinutes: { min: 1, max: 24 * 60 },
     port: { min: 1, max: 65535 },
     runNameLength: 250,
+    autoscalingMinReplicas: { min: 1, max: 50 },
+    autoscalingMaxReplicas: { min: 1, max: 100 },
+    autoscalingTargetCpu: { min: 1, max: 100 },
+    trainingGpus: { min: 0, max: 16 },
 } as const;
 
 function checkRunName(r: Reader, key: string, v: unknown): string | undefined {
@@ -295,6 +327,18 @@ function readExperiments(r: Reader, raw: string | undefined, base: { nEstimators
         runs.push({ runName, nEstimators, maxDepth });
     });
     return runs;
+}
+
+/** The serving HPA's settings, checked together (min <= max); undefined when autoscaling is off. */
+function readAutoscaling(r: Reader): AutoscalingConfig | undefined {
+    const on = r.bool("autoscaling");
+    const minReplicas = r.int("autoscalingMinReplicas", LIMITS.autoscalingMinReplicas.min, LIMITS.autoscalingMinReplicas.max);
+    const maxReplicas = r.int("autoscalingMaxReplicas", LIMITS.autoscalingMaxReplicas.min, LIMITS.autoscalingMaxReplicas.max);
+    const targetCpuPercent = r.int("autoscalingTargetCpu", LIMITS.autoscalingTargetCpu.min, LIMITS.autoscalingTargetCpu.max);
+    if (minReplicas > maxReplicas) {
+        r.fail("autoscalingMaxReplicas", maxReplicas, `must be at least autoscalingMinReplicas (${minReplicas})`);
+    }
+    return on ? { minReplicas, maxReplicas, targetCpuPercent } : undefined;
 }
 
 /**
@@ -392,6 +436,14 @@ export function loadConfig(raw: RawConfig = pulumiRaw(), home: string = os.homed
         apiPort: r.int("apiPort", LIMITS.port.min, LIMITS.port.max),
         servingHostPort: r.int("servingHostPort", LIMITS.port.min, LIMITS.port.max),
         mlflowHostPort: r.int("mlflowHostPort", LIMITS.port.min, LIMITS.port.max),
+        autoscaling: readAutoscaling(r),
+        serviceMonitor: r.bool("serviceMonitor"),
+        grafanaDashboard: r.bool("grafanaDashboard"),
+        trainingGpus: r.int("trainingGpus", LIMITS.trainingGpus.min, LIMITS.trainingGpus.max),
+        gpuRuntimeClass: r.str("gpuRuntimeClass", {
+            pattern: /^$|^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/,
+            describe: 'must be empty (the node\'s default runtime) or a RuntimeClass name of lowercase letters, digits, - and . (default "nvidia")',
+        }),
     };
     if (cluster === "embedded") {
         const ports = { apiPort: cfg.apiPort, servingHostPort: cfg.servingHostPort, mlflowHostPort: cfg.mlflowHostPort };

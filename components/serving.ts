@@ -1,13 +1,16 @@
 /** The serving API: Deployment `iris-serving` + LoadBalancer Service `iris-serving-service` (80 -> 8000) in mlops-serving. */
 import * as k8s from "@pulumi/kubernetes";
 import * as pulumi from "@pulumi/pulumi";
-import { COMMON_LABELS, containerSecurityContext, podSecurityContext, TMP_MOUNT, TMP_VOLUME } from "./common";
+import { COMMON_LABELS, containerSecurityContext, podSecurityContext, prometheusAnnotations, TMP_MOUNT, TMP_VOLUME } from "./common";
+import { AutoscalingConfig } from "./config";
 
 export const SERVING_DEPLOYMENT = "iris-serving";
 export const SERVING_SERVICE = "iris-serving-service";
 export const SERVING_CONTAINER = "serving";
 export const SERVING_PORT = 8000;
 export const MODEL_NAME = "iris-classifier";
+/** Where the serving app exposes Prometheus metrics (images/serving/app/metrics.py). */
+export const SERVING_METRICS_PATH = "/metrics";
 
 export interface ServingApiArgs {
     /** mlops-serving. */
@@ -17,23 +20,33 @@ export interface ServingApiArgs {
     readonly imagePullPolicy: string;
     /** Claim of the models volume (mounted read-only). */
     readonly modelsClaim: pulumi.Input<string>;
-    /** Replicas. */
+    /** Replicas (ignored when `autoscaling` is set: the HPA owns the count). */
     readonly replicas: number;
+    /** When set, a HorizontalPodAutoscaler scales the Deployment and the Deployment declares no replicas. */
+    readonly autoscaling?: AutoscalingConfig;
 }
 
 const labels = { app: SERVING_DEPLOYMENT };
 
-/** Rolling updates that never drop below the desired replicas; the model comes from the shared volume. */
+/**
+ * Rolling updates that never drop below the desired replicas; the model comes from the shared volume.
+ * With autoscaling, `replicas` is left out: the HPA owns the field (Kubernetes' advice for a
+ * Deployment under an HPA). Pulumi applies server-side, so a field it does not send is one it does
+ * not fight over; `ignoreChanges` would instead re-send the last declared value on every update.
+ */
 export function servingDeployment(args: ServingApiArgs): k8s.apps.v1.DeploymentArgs {
     return {
         metadata: { name: SERVING_DEPLOYMENT, namespace: args.namespace, labels: { ...COMMON_LABELS, ...labels } },
         spec: {
-            replicas: args.replicas,
+            ...(args.autoscaling === undefined ? { replicas: args.replicas } : {}),
             strategy: { type: "RollingUpdate", rollingUpdate: { maxUnavailable: 0, maxSurge: 1 } },
             revisionHistoryLimit: 10,
             selector: { matchLabels: labels },
             template: {
-                metadata: { labels: { ...COMMON_LABELS, ...labels } },
+                metadata: {
+                    labels: { ...COMMON_LABELS, ...labels },
+                    annotations: prometheusAnnotations(SERVING_PORT, SERVING_METRICS_PATH),
+                },
                 spec: {
                     securityContext: podSecurityContext(),
                     containers: [
@@ -78,9 +91,31 @@ export function servingDeployment(args: ServingApiArgs): k8s.apps.v1.DeploymentA
     };
 }
 
+/** autoscaling/v2 HPA on average CPU utilization (the guide: 2 to 10 replicas at 70%). */
+export function servingAutoscaler(namespace: pulumi.Input<string>, a: AutoscalingConfig): k8s.autoscaling.v2.HorizontalPodAutoscalerArgs {
+    return {
+        metadata: { name: SERVING_DEPLOYMENT, namespace, labels: { ...COMMON_LABELS, ...labels } },
+        spec: {
+            scaleTargetRef: { apiVersion: "apps/v1", kind: "Deployment", name: SERVING_DEPLOYMENT },
+            minReplicas: a.minReplicas,
+            maxReplicas: a.maxReplicas,
+            metrics: [
+                {
+                    type: "Resource",
+                    resource: { name: "cpu", target: { type: "Utilization", averageUtilization: a.targetCpuPercent } },
+                },
+            ],
+        },
+    };
+}
+
 export class ServingApi extends pulumi.ComponentResource {
     readonly deployment: k8s.apps.v1.Deployment;
+    /** The HPA, when autoscaling is on. */
+    readonly autoscaler?: k8s.autoscaling.v2.HorizontalPodAutoscaler;
     readonly service: k8s.core.v1.Service;
+    /** Labels of the Service (what a ServiceMonitor selects). */
+    readonly serviceLabels: Record<string, string> = { ...COMMON_LABELS, ...labels };
     /** The LoadBalancer's address once assigned ("" while pending). */
     readonly loadBalancerAddress: pulumi.Output<string>;
 
@@ -90,7 +125,7 @@ export class ServingApi extends pulumi.ComponentResource {
         this.service = new k8s.core.v1.Service(
             `${name}-service`,
             {
-                metadata: { name: SERVING_SERVICE, namespace: args.namespace, labels: { ...COMMON_LABELS, ...labels } },
+                metadata: { name: SERVING_SERVICE, namespace: args.namespace, labels: this.serviceLabels },
                 spec: {
                     type: "LoadBalancer",
                     selector: labels,
@@ -99,6 +134,13 @@ export class ServingApi extends pulumi.ComponentResource {
             },
             { parent: this, dependsOn: [this.deployment] },
         );
+        if (args.autoscaling !== undefined) {
+            this.autoscaler = new k8s.autoscaling.v2.HorizontalPodAutoscaler(
+                `${name}-hpa`,
+                servingAutoscaler(args.namespace, args.autoscaling),
+                { parent: this, dependsOn: [this.deployment] },
+            );
+        }
         this.loadBalancerAddress = this.service.status.apply((s) => {
             const ingress = s?.loadBalancer?.ingress?.[0];
             return ingress?.ip ?? ingress?.hostname ?? "";

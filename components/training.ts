@@ -35,6 +35,34 @@ export interface TrainingRunsArgs {
     readonly kubectl: string;
     /** Minutes to wait for each Job. */
     readonly timeoutMinutes: number;
+    /** nvidia.com/gpu limit of each training pod; 0 or undefined: none. */
+    readonly gpus?: number;
+    /** runtimeClassName of the pods when `gpus` > 0; empty: the node's default runtime. */
+    readonly gpuRuntimeClass?: string;
+}
+
+/** The GPU resource name of NVIDIA's device plugin. */
+export const GPU_RESOURCE = "nvidia.com/gpu";
+
+/**
+ * What a GPU run adds to the pod: the device plugin's resource as a limit (Kubernetes sets the
+ * request equal), the runtime class of NVIDIA's container runtime, and a toleration of the taint GPU
+ * nodes usually carry (nvidia.com/gpu:NoSchedule), so the run lands on a GPU node and only there.
+ */
+export function gpuPodSettings(gpus: number, runtimeClass: string): {
+    limits: Record<string, string>;
+    pod: { runtimeClassName?: string; tolerations?: k8s.types.input.core.v1.Toleration[] };
+} {
+    if (gpus <= 0) {
+        return { limits: {}, pod: {} };
+    }
+    return {
+        limits: { [GPU_RESOURCE]: String(gpus) },
+        pod: {
+            ...(runtimeClass === "" ? {} : { runtimeClassName: runtimeClass }),
+            tolerations: [{ key: GPU_RESOURCE, operator: "Exists", effect: "NoSchedule" }],
+        },
+    };
 }
 
 /** The trainer's command line (docs/interfaces.md). */
@@ -55,6 +83,7 @@ export function trainingJob(run: TrainingRun, name: string, args: TrainingRunsAr
         "ops-demo/run": labelValue(run.runName) || "run",
         "ops-demo/run-hash": runHash(run, args.imageRef, args.promotionPolicy),
     };
+    const gpu = gpuPodSettings(args.gpus ?? 0, args.gpuRuntimeClass ?? "");
     return {
         metadata: {
             name,
@@ -74,6 +103,7 @@ export function trainingJob(run: TrainingRun, name: string, args: TrainingRunsAr
                 metadata: { labels: podLabels },
                 spec: {
                     restartPolicy: "Never",
+                    ...gpu.pod,
                     securityContext: podSecurityContext(),
                     containers: [
                         {
@@ -90,7 +120,7 @@ export function trainingJob(run: TrainingRun, name: string, args: TrainingRunsAr
                             ],
                             resources: {
                                 requests: { cpu: "500m", memory: "512Mi" },
-                                limits: { cpu: "2", memory: "2Gi" },
+                                limits: { cpu: "2", memory: "2Gi", ...gpu.limits },
                             },
                             securityContext: containerSecurityContext(),
                             volumeMounts: [{ name: "data", mountPath: "/data" }, TMP_MOUNT],

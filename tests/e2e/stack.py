@@ -23,6 +23,7 @@ PV = "kubernetes:core/v1:PersistentVolume"
 PVC = "kubernetes:core/v1:PersistentVolumeClaim"
 CONFIGMAP = "kubernetes:core/v1:ConfigMap"
 SECRET = "kubernetes:core/v1:Secret"
+HPA = "kubernetes:autoscaling/v2:HorizontalPodAutoscaler"
 COMMAND = "command:local:Command"
 IMAGE_TYPES = ("docker:index/image:Image", "docker-build:index:Image")
 
@@ -124,6 +125,21 @@ class Stack:
 
     def workloads(self) -> list[Resource]:
         return self.of_type(DEPLOYMENT, JOB)
+
+    def replicas(self, wl: Resource) -> int:
+        """Pods a Deployment runs: the minReplicas of an HPA that targets it (the HPA owns the count,
+        and never goes below it), else spec.replicas (Kubernetes' default 1 when unset)."""
+        hpas = [
+            h for h in self.of_type(HPA)
+            if h.namespace == wl.namespace
+            and (h.spec.get("scaleTargetRef") or {}).get("name") == wl.kname
+            and (h.spec.get("scaleTargetRef") or {}).get("kind") == "Deployment"
+        ]
+        if len(hpas) > 1:
+            raise SpecError(f"{wl} is the target of {len(hpas)} HorizontalPodAutoscalers: {[str(h) for h in hpas]}")
+        if hpas:
+            return int(hpas[0].spec.get("minReplicas", 1))
+        return int(wl.spec.get("replicas", 1))
 
     def services_selecting(self, namespace: str, labels: dict[str, str]) -> list[Resource]:
         """Services in `namespace` whose selector matches pods with `labels`."""

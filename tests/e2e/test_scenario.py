@@ -119,13 +119,9 @@ def _labels(wl: Resource) -> dict[str, str]:
     return (wl.spec.get("template", {}).get("metadata") or {}).get("labels") or {}
 
 
-def replicas(wl: Resource) -> int:
-    return int(wl.spec.get("replicas", 1))
-
-
 def plans_of(e2e, stack: Stack, wl: Resource):
     out = []
-    for i in range(replicas(wl) if wl.type == DEPLOYMENT else 1):
+    for i in range(stack.replicas(wl) if wl.type == DEPLOYMENT else 1):
         out += plan_pod(stack, wl, i, e2e.cluster.prefix, e2e.workdir / "pods", max_cpus=float(os.cpu_count() or 1))
     return out
 

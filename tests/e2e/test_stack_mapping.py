@@ -7,7 +7,7 @@ import copy
 import pytest
 
 from conftest import REPO
-from stack import DEPLOYMENT, JOB, PV, PVC, SERVICE, SpecError, Stack, config_keys, plan_pod
+from stack import DEPLOYMENT, HPA, JOB, PV, PVC, SERVICE, SpecError, Stack, config_keys, plan_pod
 
 
 def objects(tmp_path, *, job_env_url="http://db-service.ns-a.svc.cluster.local:5000", svc_target=5000,
@@ -98,6 +98,24 @@ def test_claim_read_only_and_args_without_command(tmp_path):
     assert plan.mounts == [f"type=bind,src={tmp_path / 'data' / 'sub'},dst=/in,readonly"]
     assert (tmp_path / "data" / "sub").is_dir()  # DirectoryOrCreate
     assert plan.aliases == {"cluster": [], "namespace": []} and plan.user is None
+
+
+def test_replicas_come_from_an_hpa_targeting_the_deployment(tmp_path):
+    objs = objects(tmp_path)
+    assert Stack(objs).replicas(Stack(objs).find(DEPLOYMENT, "db")) == 1
+    server = copy.deepcopy(objs[0])
+    del server["inputs"]["spec"]["replicas"]
+    hpa = {"type": HPA, "name": "hpa", "inputs": {"metadata": {"name": "db", "namespace": "ns-a"}, "spec": {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "db"}, "minReplicas": 3, "maxReplicas": 5}}}
+    stack = Stack([server, *objs[1:], hpa])
+    assert stack.replicas(stack.find(DEPLOYMENT, "db")) == 3
+    other_ns = copy.deepcopy(hpa)
+    other_ns["inputs"]["metadata"]["namespace"] = "ns-b"
+    stack = Stack([server, *objs[1:], other_ns])
+    assert stack.replicas(stack.find(DEPLOYMENT, "db")) == 1  # an HPA scales targets in its own namespace only
+    with pytest.raises(SpecError, match="target of 2 HorizontalPodAutoscalers"):
+        stack = Stack([server, *objs[1:], hpa, {**hpa, "name": "hpa2"}])
+        stack.replicas(stack.find(DEPLOYMENT, "db"))
 
 
 def test_service_references_are_checked(tmp_path):
