@@ -106,7 +106,8 @@ def test_replicas_come_from_an_hpa_targeting_the_deployment(tmp_path):
     server = copy.deepcopy(objs[0])
     del server["inputs"]["spec"]["replicas"]
     hpa = {"type": HPA, "name": "hpa", "inputs": {"metadata": {"name": "db", "namespace": "ns-a"}, "spec": {
-        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "db"}, "minReplicas": 3, "maxReplicas": 5}}}
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "db"},
+        "minReplicas": 3, "maxReplicas": 5}}}
     stack = Stack([server, *objs[1:], hpa])
     assert stack.replicas(stack.find(DEPLOYMENT, "db")) == 3
     other_ns = copy.deepcopy(hpa)
