@@ -4,7 +4,7 @@ import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
 import * as yaml from "js-yaml";
-import { manifestFileName, parseArgs, render } from "../render";
+import { HelpRequested, manifestFileName, parseArgs, render } from "../render";
 import { imagesDir } from "./fixtures";
 import { ROOT } from "./harness";
 
@@ -33,6 +33,28 @@ describe("npm run render", () => {
         });
         assert.throws(() => parseArgs(["--stack", "k3s"]), /usage: npm run render/);
         assert.throws(() => parseArgs(["--stack", "k3s", "--out", "/o", "--set", "novalue"]), /expected key=value/);
+        assert.throws(() => parseArgs(["--stack", "k3s"]), /--out is required/);
+        assert.throws(() => parseArgs(["--stack", "--out", "/o"]), /--stack needs a value/);
+        assert.throws(() => parseArgs(["--stack", "k3s", "--out", "/o", "--help"]), (e: unknown) => e instanceof HelpRequested && /--set KEY=VALUE/.test((e as Error).message));
+    });
+
+    it("prints its help with --help and exits 0", () => {
+        const r = spawnSync(process.execPath, [require.resolve("ts-node/dist/bin.js"), "--transpile-only", path.join(ROOT, "tests/render.ts"), "--help"], {
+            cwd: ROOT,
+            encoding: "utf8",
+            timeout: 60000,
+        });
+        assert.strictEqual(r.status, 0, r.stderr);
+        assert.match(r.stdout, /^usage: npm run render -- --stack <dev\|k3s> --out <dir>/);
+        assert.match(r.stdout, /resources\.json/);
+    });
+
+    it("replaces the manifests of an earlier render (the folder is exactly what the stack declares)", async () => {
+        const out = fs.mkdtempSync(path.join(os.tmpdir(), "render-"));
+        await render({ stack: "k3s", out, set: { grafanaDashboard: "true" } });
+        assert.ok(fs.existsSync(path.join(out, "k8s", "ConfigMap-mlops-serving-ops-demo-grafana-dashboard.yaml")));
+        const done = await render({ stack: "k3s", out, set: {} });
+        assert.deepStrictEqual(fs.readdirSync(path.join(out, "k8s")).sort(), [...done.manifests].sort());
     });
 
     it("writes resources.json (type, name, resolved inputs) and one manifest per Kubernetes object", async () => {
