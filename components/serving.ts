@@ -61,6 +61,9 @@ export function servingDeployment(args: ServingApiArgs): k8s.apps.v1.DeploymentA
                                 { name: "PORT", value: String(SERVING_PORT) },
                                 { name: "WORKERS", value: "2" },
                                 { name: "RELOAD_INTERVAL_SECONDS", value: "2" },
+                                // every worker and pod switches to a new model at published_at + 5 s,
+                                // so a client never sees a version and then the one before it
+                                { name: "SWAP_DELAY_SECONDS", value: "5" },
                             ],
                             ports: [{ name: "http", containerPort: SERVING_PORT }],
                             livenessProbe: {

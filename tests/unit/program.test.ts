@@ -206,7 +206,7 @@ describe("the program, stack k3s (the host's k3s)", () => {
         assert.deepStrictEqual(c.readinessProbe.httpGet, { path: "/ready", port: 8000 });
         assert.deepStrictEqual(
             Object.fromEntries(c.env.map((e: any) => [e.name, e.value])),
-            { MODELS_DIR: "/models", MODEL_NAME: "iris-classifier", PORT: "8000", WORKERS: "2", RELOAD_INTERVAL_SECONDS: "2" },
+            { MODELS_DIR: "/models", MODEL_NAME: "iris-classifier", PORT: "8000", WORKERS: "2", RELOAD_INTERVAL_SECONDS: "2", SWAP_DELAY_SECONDS: "5" },
         );
     });
 

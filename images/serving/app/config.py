@@ -24,6 +24,16 @@ class Settings(BaseSettings):
     reload_interval_seconds: float = Field(
         2.0, gt=0, le=3600, description="how often current.json is checked for a newly published model"
     )
+    swap_delay_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=3600,
+        description=(
+            "a newly published model takes over at its published_at plus this many seconds, in every worker "
+            "and pod alike, so that versions never go back between workers; keep it above the reload interval "
+            "plus the time to load a model (0: each worker swaps as soon as it has loaded)"
+        ),
+    )
     worker_healthcheck_timeout_seconds: int = Field(
         30,
         ge=1,

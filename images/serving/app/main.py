@@ -8,6 +8,7 @@ import json
 import logging
 import math
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import numpy as np
 from fastapi import FastAPI, Request, Response
@@ -17,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from .config import Settings
 from .metrics import Metrics, MetricsMiddleware, worker_exiting
-from .model import ModelHolder
+from .model import LoadedModel, ModelHolder
 from .schemas import MAX_BATCH, BatchPredictResponse, PredictRequest, PredictResponse
 
 log = logging.getLogger("app")
@@ -54,18 +55,23 @@ def _validation_errors(exc: ValidationError) -> list[dict]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    holder = ModelHolder(settings.models_dir, settings.model_name)
+    holder = ModelHolder(settings.models_dir, settings.model_name, swap_delay=settings.swap_delay_seconds)
     metrics = Metrics()
     retry_after = str(max(1, math.ceil(settings.reload_interval_seconds)))
 
+    reported: list[LoadedModel | None] = [None]  # the model the metrics show as loaded
+
     def pick_up() -> None:
-        old = holder.current
         outcome = holder.load()
         if outcome.status == "refused":
             metrics.reloads.labels("refused").inc()
-        if holder.current is not old:  # a new model, or an earlier one when a fresh worker met a broken one
-            metrics.model_swapped(old, holder.current)
+        # A new model (swapped now, or earlier by a request once its staged time came), or an earlier
+        # one when a fresh worker met a broken one.
+        now = holder.current
+        if now is not reported[0]:
+            metrics.model_swapped(reported[0], now)
             metrics.reloads.labels("loaded").inc()
+            reported[0] = now
 
     async def check_for_model() -> None:
         try:
@@ -135,7 +141,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         model = holder.current
         if model is None:
             return not_ready()
-        return JSONResponse(model.describe())
+        info = model.describe()
+        staged = holder.staged
+        if staged is not None:
+            info["next"] = {
+                "version": staged[0].version,
+                "run_id": staged[0].run_id,
+                "serves_from": datetime.fromtimestamp(staged[1], UTC)
+                .isoformat(timespec="milliseconds")
+                .replace("+00:00", "Z"),
+            }
+        return JSONResponse(info)
 
     @app.get("/metrics", summary="Prometheus metrics (all workers)")
     async def prometheus() -> Response:

@@ -10,6 +10,13 @@ The holder never writes into models_dir. A new model is loaded and checked besid
 service; only a model that passes every check replaces it, by rebinding a single reference.
 A request takes that reference once (``holder.current``) and uses the same object throughout,
 so it never mixes two versions.
+
+Every worker process (and every pod) holds its own model and notices a new pointer at its own
+moment, up to one reload interval apart. So that a client whose requests land on different
+workers never sees a version and then the one before it, a model loaded over an older one is
+staged and takes over at one wall-clock instant that all workers compute alike: the pointer's
+``published_at`` plus ``swap_delay`` seconds. A worker that loads it after that instant swaps at
+once (it is the late one); the first model a worker loads serves at once.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import logging
 import math
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -146,7 +154,7 @@ class LoadedModel:
 
 @dataclass
 class LoadOutcome:
-    """What one ``ModelHolder.load()`` call did: none, unchanged, loaded or refused."""
+    """What one ``ModelHolder.load()`` call did: none, unchanged, loaded, staged or refused."""
 
     status: str
     model: LoadedModel | None = None
@@ -283,16 +291,37 @@ class ModelHolder:
     same pointer is not retried until current.json changes again.
     """
 
-    def __init__(self, models_dir: str | Path, model_name: str) -> None:
+    def __init__(
+        self,
+        models_dir: str | Path,
+        model_name: str,
+        swap_delay: float = 0.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.root = Path(models_dir) / model_name
         self.pointer_path = self.root / POINTER_FILE
+        self.swap_delay = swap_delay
+        self._clock = clock
         self._current: LoadedModel | None = None
+        self._staged: tuple[LoadedModel, float] | None = None  # (model, wall-clock time it takes over)
         self._seen: bytes | None = None  # raw current.json last acted on (loaded or refused)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one load() at a time
+        self._swap_lock = threading.Lock()  # staging and swapping
 
     @property
     def current(self) -> LoadedModel | None:
+        """The model in service now; a staged model whose time has come is swapped in first."""
+        staged = self._staged
+        if staged is not None and self._clock() >= staged[1]:
+            with self._swap_lock:
+                if self._staged is staged:
+                    self._current, self._staged = staged[0], None
         return self._current
+
+    @property
+    def staged(self) -> tuple[LoadedModel, float] | None:
+        """The loaded model waiting for its swap time, and that time (epoch seconds), if any."""
+        return self._staged
 
     @property
     def ready(self) -> bool:
@@ -300,7 +329,7 @@ class ModelHolder:
 
     def predict(self, rows: np.ndarray) -> tuple[LoadedModel, np.ndarray]:
         """Probabilities from the model in service, with that model; raises ModelError when none."""
-        model = self._current
+        model = self.current
         if model is None:
             raise ModelError("no model loaded yet")
         return model, model.predict_proba(rows)
@@ -359,8 +388,24 @@ class ModelHolder:
                 if fallback is not None:
                     self._current = fallback
                 return LoadOutcome("refused", fallback, reason=str(exc), pointer=pointer)
-            previous = self._current
-            self._current = candidate  # the swap: one reference, rebound atomically
+            previous = self.current
+            swap_at = self._swap_time(pointer)
+            if previous is not None and swap_at is not None and self._clock() < swap_at:
+                with self._swap_lock:
+                    self._staged = (candidate, swap_at)
+                log.info(
+                    "loaded model %s version %s (run %s) from %s; it replaces version %s at %s (published_at + %ss)",
+                    self.root.name,
+                    candidate.version,
+                    candidate.run_id,
+                    candidate.dir,
+                    previous.version,
+                    datetime.fromtimestamp(swap_at, UTC).isoformat(timespec="milliseconds"),
+                    self.swap_delay,
+                )
+                return LoadOutcome("staged", candidate, pointer=pointer)
+            with self._swap_lock:
+                self._current, self._staged = candidate, None  # the swap: one reference, rebound atomically
             log.info(
                 "loaded model %s version %s (run %s) from %s%s",
                 self.root.name,
@@ -370,6 +415,22 @@ class ModelHolder:
                 f", replacing version {previous.version}" if previous else "",
             )
             return LoadOutcome("loaded", candidate, pointer=pointer)
+
+    def _swap_time(self, pointer: dict) -> float | None:
+        """published_at + swap_delay as epoch seconds; None (swap at once) without a usable published_at."""
+        if self.swap_delay <= 0:
+            return None
+        published = pointer.get("published_at")
+        if not isinstance(published, str):
+            return None
+        try:
+            when = datetime.fromisoformat(published)
+        except ValueError:
+            log.warning("%s: published_at %r is not ISO 8601; swapping at once", self.pointer_path, published)
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return when.timestamp() + self.swap_delay
 
     def _newest_loadable(self, exclude: str | None) -> LoadedModel | None:
         """The most recently created version directory that passes every check (tries at most a few)."""

@@ -74,7 +74,14 @@ def make_client(models_dir: Path) -> Iterator[Callable[..., TestClient]]:
     with contextlib.ExitStack() as stack:
 
         def _make(**overrides) -> TestClient:
-            values = {"models_dir": models_dir, "model_name": MODEL_NAME, "reload_interval_seconds": 0.05, **overrides}
+            # swap_delay_seconds=0: each test app swaps as soon as it loads (test_serving_swap.py covers the delay)
+            values = {
+                "models_dir": models_dir,
+                "model_name": MODEL_NAME,
+                "reload_interval_seconds": 0.05,
+                "swap_delay_seconds": 0,
+                **overrides,
+            }
             settings = Settings(**values)
             return stack.enter_context(TestClient(create_app(settings)))
 
