@@ -11,6 +11,7 @@ import { SharedStorage } from "./components/storage";
 import { MLFLOW_PORT, MLFLOW_SERVICE, MlflowServer } from "./components/mlflow";
 import { SERVING_SERVICE, ServingApi } from "./components/serving";
 import { Monitoring } from "./components/monitoring";
+import { RegistryPullSecrets } from "./components/registry";
 import { TrainingRuns } from "./components/training";
 
 const MLFLOW_NODE_PORT = 30500;
@@ -32,7 +33,11 @@ const cluster: ClusterAccess =
 const k8sOpts = { providers: [cluster.provider] };
 const pullPolicy = imagePullPolicy(cfg.imageLoader);
 
-const images = new Images("images", { imagesDir: process.env.OPS_DEMO_IMAGES_DIR || path.join(__dirname, "images"), baseImage: cfg.baseImage });
+const images = new Images("images", {
+    imagesDir: process.env.OPS_DEMO_IMAGES_DIR || path.join(__dirname, "images"),
+    baseImage: cfg.baseImage,
+    registry: cfg.registry,
+});
 const imported = new ImageImport(
     "image-import",
     {
@@ -45,6 +50,15 @@ const imported = new ImageImport(
     { dependsOn: cluster.ready },
 );
 const namespaces = new Namespaces("namespaces", k8sOpts);
+const registryCredentials = cfg.registry?.credentials;
+const pullSecrets =
+    cfg.registry !== undefined && registryCredentials !== undefined
+        ? new RegistryPullSecrets(
+              "registry",
+              { registry: { ...cfg.registry, credentials: registryCredentials }, namespaces: { training: namespaces.training, serving: namespaces.serving } },
+              k8sOpts,
+          ).names
+        : {};
 const storage = new SharedStorage(
     "storage",
     {
@@ -60,8 +74,9 @@ const mlflow = new MlflowServer(
     "mlflow",
     {
         namespace: namespaces.training,
-        image: images.training.name,
+        image: images.training.podImage,
         imagePullPolicy: pullPolicy,
+        imagePullSecret: pullSecrets.training,
         dataClaim: storage.dataClaim,
         nodePort: cfg.cluster === "embedded" ? MLFLOW_NODE_PORT : undefined,
     },
@@ -72,8 +87,9 @@ const training = new TrainingRuns(
     {
         namespace: namespaces.training,
         imageRef: images.training.ref,
-        image: images.training.name,
+        image: images.training.podImage,
         imagePullPolicy: pullPolicy,
+        imagePullSecret: pullSecrets.training,
         dataClaim: storage.dataClaim,
         trackingUri: mlflow.trackingUri,
         runs: cfg.runs,
@@ -89,8 +105,9 @@ const serving = new ServingApi(
     "serving",
     {
         namespace: namespaces.serving,
-        image: images.serving.name,
+        image: images.serving.podImage,
         imagePullPolicy: pullPolicy,
+        imagePullSecret: pullSecrets.serving,
         modelsClaim: storage.modelsClaim,
         replicas: cfg.servingReplicas,
         autoscaling: cfg.autoscaling,

@@ -45,8 +45,10 @@ export const TMP_MOUNT = { name: "tmp", mountPath: "/tmp" };
 /**
  * `Never` when the stack loads the images into the cluster itself (the tag is content-addressed,
  * so a missing image is an import problem, never a reason to reach a registry); `IfNotPresent`
- * with imageLoader=none, where the user brings the images to the nodes (or a registry) another way.
+ * with imageLoader=none, where the user brings the images to the nodes (or a registry) another way,
+ * and with imageLoader=registry, where pods pull the pushed image by digest (a digest never changes
+ * content, so a node that has it need not ask the registry again).
  */
 export function imagePullPolicy(loader: ImageLoader): "Never" | "IfNotPresent" {
-    return loader === "none" ? "IfNotPresent" : "Never";
+    return loader === "none" || loader === "registry" ? "IfNotPresent" : "Never";
 }

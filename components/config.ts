@@ -14,7 +14,7 @@ export const PROJECT = "ops-demo";
 
 export const CLUSTER_MODES = ["existing", "embedded"] as const;
 export type ClusterMode = (typeof CLUSTER_MODES)[number];
-export const IMAGE_LOADERS = ["k3s", "embedded", "kind", "none"] as const;
+export const IMAGE_LOADERS = ["k3s", "embedded", "kind", "registry", "none"] as const;
 export type ImageLoader = (typeof IMAGE_LOADERS)[number];
 export const PROMOTION_POLICIES = ["always", "better"] as const;
 export type PromotionPolicy = (typeof PROMOTION_POLICIES)[number];
@@ -91,7 +91,21 @@ export interface StackConfig {
     readonly trainingGpus: number;
     /** runtimeClassName of training pods when trainingGpus > 0; empty: the node's default runtime. */
     readonly gpuRuntimeClass: string;
+    /** Where imageLoader=registry pushes the images; undefined for the other loaders. */
+    readonly registry?: RegistryConfig;
 }
+
+/** An image registry the stack pushes to and the cluster pulls from (imageLoader=registry). */
+export interface RegistryConfig {
+    /** Repository prefix, e.g. `registry.example.com/team`: images become `<prefix>/ops-demo:<flavour>-<hash>`. */
+    readonly prefix: string;
+    /** The registry host (and port): the first component of `prefix`. */
+    readonly server: string;
+    /** Credentials for the push and for the pods' pull secret; undefined: anonymous (or docker login done beforehand). */
+    readonly credentials?: { readonly username: string; readonly password: string };
+}
+
+export type ConfigKey = keyof typeof DEFAULTS;
 
 /** Defaults of every key, as declared in Pulumi.yaml (a unit test keeps them equal). */
 export const DEFAULTS = {
@@ -123,10 +137,16 @@ export const DEFAULTS = {
     grafanaDashboard: false,
     trainingGpus: 0,
     gpuRuntimeClass: "nvidia",
+    registry: "",
+    registryUsername: "",
+    registryPassword: "",
 } as const;
 
-export type ConfigKey = keyof typeof DEFAULTS;
 export const CONFIG_KEYS = Object.keys(DEFAULTS) as ConfigKey[];
+
+/** Keys whose values are Pulumi secrets (`pulumi config set --secret`). */
+export const SECRET_KEYS: readonly ConfigKey[] = ["registryPassword"];
+
 
 /** A configuration error: the message names the key, the value and what is allowed. */
 export class ConfigError extends pulumi.RunError {
@@ -144,7 +164,9 @@ export type RawConfig = (key: string) => string | undefined;
 
 function pulumiRaw(): RawConfig {
     const cfg = new pulumi.Config(PROJECT);
-    return (key) => cfg.get(key);
+    // Secrets are read raw (validated like any value, then wrapped in pulumi.secret where used):
+    // Config.get would warn that a secret is read as plain text.
+    return (key) => ((SECRET_KEYS as readonly string[]).includes(key) ? pulumi.runtime.getConfig(`${PROJECT}:${key}`) : cfg.get(key));
 }
 
 /** Expands a leading `~`, `$HOME` and `${HOME}` with the home directory of the machine running the program. */
@@ -329,6 +351,33 @@ function readExperiments(r: Reader, raw: string | undefined, base: { nEstimators
     return runs;
 }
 
+/** The registry of imageLoader=registry, checked against the loader and the credentials against each other. */
+function readRegistry(r: Reader, loader: ImageLoader): RegistryConfig | undefined {
+    const prefix = r.str("registry", {
+        pattern: /^$|^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?(\/[a-z0-9]+([._-][a-z0-9]+)*)*$/,
+        describe: "must be a registry host with an optional port and path, without scheme or tag, e.g. registry.example.com/team or localhost:5000",
+    });
+    const username = r.str("registryUsername");
+    const password = r.str("registryPassword");
+    if (loader !== "registry") {
+        for (const [key, v] of [["registry", prefix], ["registryUsername", username], ["registryPassword", password]] as const) {
+            if (v !== "") {
+                r.fail(key, key === "registryPassword" ? "[secret]" : v, "is used only with imageLoader=registry; unset it (pulumi config rm) or set imageLoader registry");
+            }
+        }
+        return undefined;
+    }
+    if (prefix === "") {
+        r.fail("registry", prefix, "must be set when imageLoader=registry, e.g. registry.example.com/team");
+        return undefined;
+    }
+    if ((username === "") !== (password === "")) {
+        r.fail(username === "" ? "registryUsername" : "registryPassword", "", "registryUsername and registryPassword go together (both set, or both empty for anonymous access)");
+    }
+    const server = prefix.split("/")[0];
+    return { prefix, server, ...(username !== "" && password !== "" ? { credentials: { username, password } } : {}) };
+}
+
 /** The serving HPA's settings, checked together (min <= max); undefined when autoscaling is off. */
 function readAutoscaling(r: Reader): AutoscalingConfig | undefined {
     const on = r.bool("autoscaling");
@@ -397,7 +446,7 @@ export function loadConfig(raw: RawConfig = pulumiRaw(), home: string = os.homed
     const cluster = r.oneOf("cluster", CLUSTER_MODES);
     const imageLoader = r.oneOf("imageLoader", IMAGE_LOADERS);
     if (cluster === "embedded" && (imageLoader === "k3s" || imageLoader === "kind")) {
-        r.fail("imageLoader", imageLoader, "must be embedded or none when cluster=embedded");
+        r.fail("imageLoader", imageLoader, "must be embedded, registry or none when cluster=embedded");
     }
     if (cluster === "existing" && imageLoader === "embedded") {
         r.fail("imageLoader", imageLoader, "embedded needs cluster=embedded; use k3s, kind or none for an existing cluster");
@@ -437,6 +486,7 @@ export function loadConfig(raw: RawConfig = pulumiRaw(), home: string = os.homed
         servingHostPort: r.int("servingHostPort", LIMITS.port.min, LIMITS.port.max),
         mlflowHostPort: r.int("mlflowHostPort", LIMITS.port.min, LIMITS.port.max),
         autoscaling: readAutoscaling(r),
+        registry: readRegistry(r, imageLoader),
         serviceMonitor: r.bool("serviceMonitor"),
         grafanaDashboard: r.bool("grafanaDashboard"),
         trainingGpus: r.int("trainingGpus", LIMITS.trainingGpus.min, LIMITS.trainingGpus.max),

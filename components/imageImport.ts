@@ -14,7 +14,7 @@ export interface ImportOptions {
     readonly kindClusterName: string;
 }
 
-/** The shell command that loads `ref` into the cluster, or undefined for imageLoader=none. */
+/** The shell command that loads `ref` into the cluster, or undefined for imageLoader=registry and none. */
 export function importCommand(loader: ImageLoader, ref: string, o: ImportOptions): string | undefined {
     switch (loader) {
         case "k3s":
@@ -23,6 +23,7 @@ export function importCommand(loader: ImageLoader, ref: string, o: ImportOptions
             return `set -euo pipefail; docker save ${shq(ref)} | docker exec -i ${shq(o.embeddedContainer)} ctr images import -`;
         case "kind":
             return `set -euo pipefail; kind load docker-image ${shq(ref)} --name ${shq(o.kindClusterName)}`;
+        case "registry": // pushed by the build (components/images.ts); nodes pull it
         case "none":
             return undefined;
     }

@@ -1,8 +1,9 @@
-/** The two images, built locally with @pulumi/docker, tagged by content, never pushed. */
+/** The two images, built locally with @pulumi/docker, tagged by content; pushed only with imageLoader=registry. */
 import * as path from "path";
 import * as fs from "fs";
 import * as docker from "@pulumi/docker";
 import * as pulumi from "@pulumi/pulumi";
+import { RegistryConfig } from "./config";
 import { BuildSpec, imageRef } from "./contentHash";
 
 /** The image repository of both images (the guide's `ops-demo:training`, `ops-demo:serving`). */
@@ -15,16 +16,20 @@ export interface ImagesArgs {
     readonly imagesDir: string;
     /** Build arg BASE_IMAGE; empty = the Dockerfile's default (the arg is then not passed). */
     readonly baseImage: string;
+    /** Push to this registry (imageLoader=registry); undefined: local images, never pushed. */
+    readonly registry?: RegistryConfig;
 }
 
 /** One built image. */
 export interface BuiltImage {
-    /** `ops-demo:<flavour>-<content hash>`, known at program time. */
+    /** `ops-demo:<flavour>-<content hash>` (`<registry>/ops-demo:...` when pushed), known at program time. */
     readonly ref: string;
     /** The image name as the provider reports it (carries the dependency on the build). */
     readonly name: pulumi.Output<string>;
-    /** The local image ID (`sha256:...`): changes exactly when the built image changes. */
+    /** The local image ID (`sha256:...`), or the pushed `<repo>@sha256:...`: changes exactly when the image does. */
     readonly digest: pulumi.Output<string>;
+    /** What pods reference: the image name, or for a pushed image its repo digest (immutable). */
+    readonly podImage: pulumi.Output<string>;
 }
 
 /** The build of one flavour: context, Dockerfile and args. Throws a clear error when the Dockerfile is missing. */
@@ -45,17 +50,28 @@ export class Images extends pulumi.ComponentResource {
         super("ops-demo:images:Images", name, {}, opts);
         const build = (flavour: Flavour): BuiltImage => {
             const spec = buildSpec(args.imagesDir, flavour, args.baseImage);
-            const ref = imageRef(REPOSITORY, flavour, spec);
+            const repository = args.registry === undefined ? REPOSITORY : `${args.registry.prefix}/${REPOSITORY}`;
+            const ref = imageRef(repository, flavour, spec);
+            const creds = args.registry?.credentials;
             const image = new docker.Image(
                 `${name}-${flavour}`,
                 {
                     imageName: ref,
-                    skipPush: true,
+                    skipPush: args.registry === undefined,
                     build: { context: spec.context, dockerfile: spec.dockerfile, args: spec.args },
+                    ...(args.registry === undefined
+                        ? {}
+                        : {
+                              registry: {
+                                  server: args.registry.server,
+                                  ...(creds ? { username: creds.username, password: pulumi.secret(creds.password) } : {}),
+                              },
+                          }),
                 },
                 { parent: this },
             );
-            return { ref, name: image.imageName, digest: image.repoDigest };
+            const podImage = args.registry === undefined ? image.imageName : image.repoDigest;
+            return { ref, name: image.imageName, digest: image.repoDigest, podImage };
         };
         this.training = build("training");
         this.serving = build("serving");

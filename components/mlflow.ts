@@ -54,6 +54,8 @@ export interface MlflowServerArgs {
     /** The training image (it also runs the server). */
     readonly image: pulumi.Input<string>;
     readonly imagePullPolicy: string;
+    /** Pull Secret in the namespace (imageLoader=registry with credentials). */
+    readonly imagePullSecret?: pulumi.Input<string>;
     /** Claim of the shared data volume. */
     readonly dataClaim: pulumi.Input<string>;
     /** When set, also a NodePort Service on this port (the embedded cluster publishes it on the host). */
@@ -74,6 +76,7 @@ export function mlflowDeployment(args: MlflowServerArgs): k8s.apps.v1.Deployment
                 metadata: { labels: { ...COMMON_LABELS, ...labels } },
                 spec: {
                     securityContext: podSecurityContext(),
+                    ...(args.imagePullSecret === undefined ? {} : { imagePullSecrets: [{ name: args.imagePullSecret }] }),
                     containers: [
                         {
                             name: "mlflow",

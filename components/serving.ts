@@ -18,6 +18,8 @@ export interface ServingApiArgs {
     /** The serving image. */
     readonly image: pulumi.Input<string>;
     readonly imagePullPolicy: string;
+    /** Pull Secret in the namespace (imageLoader=registry with credentials). */
+    readonly imagePullSecret?: pulumi.Input<string>;
     /** Claim of the models volume (mounted read-only). */
     readonly modelsClaim: pulumi.Input<string>;
     /** Replicas (ignored when `autoscaling` is set: the HPA owns the count). */
@@ -49,6 +51,7 @@ export function servingDeployment(args: ServingApiArgs): k8s.apps.v1.DeploymentA
                 },
                 spec: {
                     securityContext: podSecurityContext(),
+                    ...(args.imagePullSecret === undefined ? {} : { imagePullSecrets: [{ name: args.imagePullSecret }] }),
                     containers: [
                         {
                             name: SERVING_CONTAINER,

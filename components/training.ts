@@ -23,6 +23,8 @@ export interface TrainingRunsArgs {
     /** The same image as an Output of the build (the dependency). */
     readonly image: pulumi.Input<string>;
     readonly imagePullPolicy: string;
+    /** Pull Secret in the namespace (imageLoader=registry with credentials). */
+    readonly imagePullSecret?: pulumi.Input<string>;
     /** Claim of the shared data volume. */
     readonly dataClaim: pulumi.Input<string>;
     /** MLFLOW_TRACKING_URI. */
@@ -105,6 +107,7 @@ export function trainingJob(run: TrainingRun, name: string, args: TrainingRunsAr
                     restartPolicy: "Never",
                     ...gpu.pod,
                     securityContext: podSecurityContext(),
+                    ...(args.imagePullSecret === undefined ? {} : { imagePullSecrets: [{ name: args.imagePullSecret }] }),
                     containers: [
                         {
                             name: "trainer",

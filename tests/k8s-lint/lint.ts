@@ -26,6 +26,11 @@ export const VARIANTS: readonly Variant[] = [
     { name: "dev", stack: "dev", set: {} },
     { name: "k3s-no-autoscaling", stack: "k3s", set: { autoscaling: "false" } },
     { name: "k3s-monitoring-gpu", stack: "k3s", set: { serviceMonitor: "true", grafanaDashboard: "true", trainingGpus: "1" } },
+    {
+        name: "k3s-registry",
+        stack: "k3s",
+        set: { imageLoader: "registry", registry: "registry.example.com/team", registryUsername: "ci", registryPassword: "lint-only" },
+    },
 ];
 
 /** The Kubernetes version kube-score checks API versions against: the k3s of the stacks (v1.31). */

@@ -52,10 +52,14 @@ export class RecordingMocks implements pulumi.runtime.Mocks {
         const id = `${args.name}-id`;
         const state: Record<string, unknown> = { ...args.inputs };
         switch (args.type) {
-            case "docker:index/image:Image":
+            case "docker:index/image:Image": {
                 // No docker: the image "built" is the content-addressed name; its ID derives from it.
-                state.repoDigest = `sha256:${sha(String(args.inputs.imageName))}`;
+                // A pushed image reports `<repository>@sha256:...`, as the registry's manifest digest.
+                const name = String(args.inputs.imageName);
+                const digest = `sha256:${sha(name)}`;
+                state.repoDigest = args.inputs.skipPush === false ? `${name.replace(/:[^:/]+$/, "")}@${digest}` : digest;
                 break;
+            }
             case "docker:index/remoteImage:RemoteImage":
                 state.imageId = `sha256:${sha(String(args.inputs.name))}`;
                 break;

@@ -1,0 +1,119 @@
+/** Outgrowing one machine: the registry image loader, shared storage on NFS, MLflow on PostgreSQL. */
+import * as assert from "assert";
+import { ConfigError, loadConfig } from "../../components/config";
+import { dockerConfigJson } from "../../components/registry";
+import { imagesDir } from "./fixtures";
+import { findResource, ofType, ProgramRun, Recorded, runProgram, stackConfig } from "./harness";
+
+/* eslint-disable @typescript-eslint/no-explicit-any */
+const IMAGES = imagesDir();
+const load = (stack: string, set: Record<string, string> = {}): Promise<ProgramRun> =>
+    runProgram(stackConfig(stack, set), stack, { OPS_DEMO_IMAGES_DIR: IMAGES });
+const inputs = (r: Recorded): any => r.inputs;
+const K = {
+    image: "docker:index/image:Image",
+    cmd: "command:local:Command",
+    deploy: "kubernetes:apps/v1:Deployment",
+    job: "kubernetes:batch/v1:Job",
+    secret: "kubernetes:core/v1:Secret",
+};
+const workloads = (run: ProgramRun) => [...ofType(run.resources, K.deploy), ...ofType(run.resources, K.job)];
+
+function problems(values: Record<string, string>): string[] {
+    try {
+        loadConfig((k) => values[k], "/home/u", false);
+    } catch (e) {
+        assert.ok(e instanceof ConfigError, String(e));
+        return (e as ConfigError).problems;
+    }
+    assert.fail(`expected ${JSON.stringify(values)} to be rejected`);
+}
+
+describe("imageLoader=registry", () => {
+    const REG = { imageLoader: "registry", registry: "registry.example.com:5000/team" };
+
+    it("pushes <registry>/ops-demo:<flavour>-<hash>, imports nothing, and pods pull the pushed digest with IfNotPresent", async () => {
+        const run = await load("k3s", REG);
+        const images = ofType(run.resources, K.image).map(inputs);
+        assert.deepStrictEqual(
+            images.map((i) => i.imageName.replace(/-[0-9a-f]{12}$/, "")).sort(),
+            ["registry.example.com:5000/team/ops-demo:serving", "registry.example.com:5000/team/ops-demo:training"],
+        );
+        for (const i of images) {
+            assert.strictEqual(i.skipPush, false);
+            assert.deepStrictEqual(i.registry, { server: "registry.example.com:5000" });
+        }
+        assert.deepStrictEqual(ofType(run.resources, K.cmd).filter((c) => c.name.startsWith("image-import")), []);
+        for (const w of workloads(run)) {
+            const spec = inputs(w).spec.template.spec;
+            const c = spec.containers[0];
+            assert.match(c.image, /^registry\.example\.com:5000\/team\/ops-demo@sha256:[0-9a-f]{64}$/, `${w.name} pulls by digest`);
+            assert.strictEqual(c.imagePullPolicy, "IfNotPresent");
+            assert.strictEqual(spec.imagePullSecrets, undefined, "anonymous pulls: no pull secret");
+        }
+        assert.strictEqual(ofType(run.resources, K.secret).length, 0);
+        const training = inputs(findResource(run.resources, K.image, "images-training")).imageName;
+        assert.strictEqual(inputs(findResource(run.resources, K.deploy, "mlflow-deployment")).spec.template.spec.containers[0].image.split("@")[0], training.split(":").slice(0, -1).join(":"));
+    });
+
+    it("with credentials: pushes with them and gives both namespaces a dockerconfigjson pull Secret that every pod names", async () => {
+        const run = await load("k3s", { ...REG, registryUsername: "ci", registryPassword: "s3cr3t" });
+        for (const i of ofType(run.resources, K.image).map(inputs)) {
+            assert.deepStrictEqual(i.registry, { server: "registry.example.com:5000", username: "ci", password: "s3cr3t" });
+        }
+        const secrets = ofType(run.resources, K.secret).map(inputs);
+        assert.deepStrictEqual(secrets.map((s) => s.metadata.namespace).sort(), ["mlops-serving", "mlops-training"]);
+        for (const s of secrets) {
+            assert.strictEqual(s.metadata.name, "ops-demo-registry");
+            assert.strictEqual(s.type, "kubernetes.io/dockerconfigjson");
+            const doc = JSON.parse(s.stringData[".dockerconfigjson"]);
+            assert.deepStrictEqual(doc, { auths: { "registry.example.com:5000": { username: "ci", password: "s3cr3t", auth: Buffer.from("ci:s3cr3t").toString("base64") } } });
+        }
+        for (const w of workloads(run)) {
+            assert.deepStrictEqual(inputs(w).spec.template.spec.imagePullSecrets, [{ name: "ops-demo-registry" }], w.name);
+        }
+    });
+
+    it("keeps the password a Pulumi secret on the image and in the pull Secret", async () => {
+        // The mocks record inputs with secrets unwrapped; the registered resource state keeps the marker.
+        const run = await load("k3s", { ...REG, registryUsername: "ci", registryPassword: "s3cr3t" });
+        const image = run.registered.find((r) => r.name === "images-serving")!;
+        const secret = run.registered.find((r) => r.type === "kubernetes:core/v1:Secret")!;
+        // Pulumi's serialized secret: {<signature>: <secret sig>, value}.
+        const secretValue = (v: any) => (v && v["4dabf18193072939515e22adb298388d"] === "1b47061264138c4ac30d75fd1eb44270" ? v.value : undefined);
+        assert.strictEqual(secretValue((image.state as any).registry)?.password, "s3cr3t", "the image's registry (with the password) is secret");
+        assert.match(secretValue((secret.state as any).stringData)?.[".dockerconfigjson"] ?? "", /s3cr3t/, "the dockerconfigjson is secret");
+        assert.strictEqual(secretValue((image.state as any).imageName), undefined, "non-secret inputs stay plain (the check can fail)");
+    });
+
+    it("works with the embedded cluster (its k3s pulls from the registry)", async () => {
+        const run = await load("dev", REG);
+        assert.strictEqual(ofType(run.resources, K.cmd).filter((c) => c.name.startsWith("image-import")).length, 0);
+        assert.match(inputs(findResource(run.resources, K.deploy, "serving-deployment")).spec.template.spec.containers[0].image, /@sha256:/);
+    });
+
+    it("the other loaders never push", async () => {
+        const run = await load("k3s");
+        for (const i of ofType(run.resources, K.image).map(inputs)) {
+            assert.strictEqual(i.skipPush, true);
+            assert.strictEqual(i.registry, undefined);
+        }
+    });
+
+    it("rejects a missing or malformed registry, registry keys without the loader, and half the credentials", () => {
+        assert.deepStrictEqual(problems({ imageLoader: "registry" }), [
+            'ops-demo:registry = "": must be set when imageLoader=registry, e.g. registry.example.com/team',
+        ]);
+        assert.match(problems({ imageLoader: "registry", registry: "https://registry.example.com" })[0], /ops-demo:registry = "https:\/\/registry\.example\.com": must be a registry host .* without scheme or tag/);
+        assert.match(problems({ imageLoader: "registry", registry: "registry.example.com/team:v1" })[0], /ops-demo:registry = .*without scheme or tag/);
+        assert.match(problems({ registry: "registry.example.com" })[0], /ops-demo:registry = "registry\.example\.com": is used only with imageLoader=registry/);
+        const p = problems({ registryPassword: "s3cr3t" })[0];
+        assert.match(p, /ops-demo:registryPassword = "\[secret\]": is used only with imageLoader=registry/);
+        assert.ok(!p.includes("s3cr3t"), "an error never prints the secret");
+        assert.match(problems({ ...REG, registryUsername: "ci" })[0], /ops-demo:registryPassword = "": registryUsername and registryPassword go together/);
+    });
+
+    it("dockerConfigJson is what kubelet reads", () => {
+        assert.deepStrictEqual(JSON.parse(dockerConfigJson("r.example", "u", "p")), { auths: { "r.example": { username: "u", password: "p", auth: "dTpw" } } });
+    });
+});
