@@ -3,10 +3,12 @@
 Layout (docs/interfaces.md)::
 
     <models_dir>/<model_name>/current.json          {"dir", "version", "run_id", "published_at"}
-    <models_dir>/<model_name>/versions/<dir>/model.joblib
-    <models_dir>/<model_name>/versions/<dir>/metadata.json
+    <models_dir>/<model_name>/versions/<dir>/model.npz       the compiled forest (numpy arrays, no pickle)
+    <models_dir>/<model_name>/versions/<dir>/metadata.json   format, sha256 of model.npz, names, metrics
 
-The holder never writes into models_dir. A new model is loaded and checked beside the one in
+The server reads only model.npz (``numpy.load(allow_pickle=False)``, app/forest.py): loading a
+model never runs code from the volume, and the image needs no scikit-learn. The holder never writes
+into models_dir. A new model is loaded and checked beside the one in
 service; only a model that passes every check replaces it, by rebinding a single reference.
 A request takes that reference once (``holder.current``) and uses the same object throughout,
 so it never mixes two versions.
@@ -21,6 +23,8 @@ once (it is the late one); the first model a worker loads serves at once.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import logging
 import math
@@ -31,90 +35,37 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-import joblib
 import numpy as np
-import sklearn
-from sklearn.datasets import load_iris
-from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
 
+from .forest import NPZ_FORMAT, Forest, ForestFormatError
 from .render import Renderer
 
 log = logging.getLogger("app.model")
 
 POINTER_FILE = "current.json"
 VERSIONS_DIR = "versions"
-MODEL_FILE = "model.joblib"
+MODEL_FILE = "model.npz"
 METADATA_FILE = "metadata.json"
-FORMAT = "sklearn-joblib"
+FORMAT = NPZ_FORMAT
 N_FEATURES = 4
 # A known Iris row (the guide's request): every candidate must answer it sanely before it serves.
 CHECK_ROW = np.array([[5.1, 3.5, 1.4, 0.2]], dtype=np.float64)
 
 FALLBACK_TRIES = 3
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-# Inputs are validated as finite numbers before they reach the model; skip scikit-learn's re-check.
-sklearn.set_config(assume_finite=True)
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class ModelError(Exception):
     """A published model that cannot be served (unreadable, corrupt or incompatible)."""
 
 
-class ForestProba:
-    """predict_proba of a fitted single-output forest classifier, without the per-call overhead.
-
-    scikit-learn's ForestClassifier.predict_proba dispatches every tree through joblib and
-    re-validates the input; for the small requests this API serves that costs ~30x the trees'
-    own work. This averages the trees' leaf values (``tree_.predict``, float32 input as
-    scikit-learn itself uses) directly. It is only used for a model after ``equivalent_on()``
-    showed that it gives the same probabilities as the model's own predict_proba.
-    """
-
-    def __init__(self, forest: Any) -> None:
-        self.trees = [est.tree_ for est in forest.estimators_]
-        self.n_classes = int(forest.n_classes_)
-
-    @classmethod
-    def applies_to(cls, estimator: Any) -> bool:
-        return (
-            type(estimator) in (RandomForestClassifier, ExtraTreesClassifier)
-            and getattr(estimator, "n_outputs_", None) == 1
-            and len(getattr(estimator, "estimators_", ())) > 0
-            and all(getattr(est, "n_classes_", None) == estimator.n_classes_ for est in estimator.estimators_)
-        )
-
-    def __call__(self, rows: np.ndarray) -> np.ndarray:
-        X = np.ascontiguousarray(rows, dtype=np.float32)
-        acc = self.trees[0].predict(X)  # a new (n_rows, n_classes) float64 array, safe to add into
-        for tree in self.trees[1:]:
-            acc += tree.predict(X)
-        acc /= len(self.trees)
-        return acc
-
-    def equivalent_on(self, estimator: Any, rows: np.ndarray) -> bool:
-        try:
-            mine = self(rows)
-        except Exception:  # noqa: BLE001 - any surprise means: use the model's own method
-            return False
-        return mine.shape == (len(rows), self.n_classes) and np.allclose(mine, estimator.predict_proba(rows), atol=1e-9)
-
-
-def _reference_rows() -> np.ndarray:
-    """The Iris rows (bundled with scikit-learn) plus the corners of their range: the fast path's proof set."""
-    data = load_iris().data.astype(np.float64)
-    lo, hi = data.min(axis=0), data.max(axis=0)
-    corners = np.array([[(hi if (i >> j) & 1 else lo)[j] for j in range(N_FEATURES)] for i in range(2**N_FEATURES)])
-    return np.vstack([data, corners, CHECK_ROW])
-
-
 @dataclass(frozen=True, slots=True, eq=False)
 class LoadedModel:
     """One loaded, checked model; immutable, so a request holding it sees one version throughout."""
 
-    estimator: Any
+    forest: Forest
     version: str
     run_id: str | None
     dir: str
@@ -142,6 +93,7 @@ class LoadedModel:
             "metrics": meta.get("metrics", {}),
             "feature_names": list(self.feature_names),
             "class_names": list(self.class_names),
+            "format": meta.get("format"),
             "sklearn_version": meta.get("sklearn_version"),
             "created_at": meta.get("created_at"),
             "published_at": self.pointer.get("published_at"),
@@ -184,40 +136,73 @@ def read_metadata(version_dir: Path) -> dict:
     if not isinstance(meta, dict):
         raise ModelError(f"{path} must hold a JSON object, got {type(meta).__name__}")
     if meta.get("format") != FORMAT:
-        raise ModelError(f"{path}: 'format' must be {FORMAT!r}, got {meta.get('format')!r}")
+        hint = (
+            " (exported by an earlier trainer without model.npz: train again to export it)"
+            if meta.get("format") == "sklearn-joblib"
+            else ""
+        )
+        raise ModelError(f"{path}: 'format' must be {FORMAT!r}, got {meta.get('format')!r}{hint}")
     return meta
 
 
-def check_model(estimator: Any, meta: dict, version_dir: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def expected_sha256(meta: dict, version_dir: Path) -> str:
+    files = meta.get("files")
+    entry = files.get(MODEL_FILE) if isinstance(files, dict) else None
+    digest = entry.get("sha256") if isinstance(entry, dict) else None
+    if not isinstance(digest, str) or not _SHA256.match(digest):
+        raise ModelError(
+            f"{version_dir / METADATA_FILE}: 'files' must give the sha256 of {MODEL_FILE} "
+            f'({{"{MODEL_FILE}": {{"sha256": "<64 hex digits>"}}}}), got {meta.get("files")!r}'
+        )
+    return digest
+
+
+def read_forest(version_dir: Path, sha256: str) -> Forest:
+    """Read model.npz once, check its checksum, then parse and check the arrays from those bytes."""
+    path = version_dir / MODEL_FILE
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise ModelError(f"{path} is missing") from exc
+    except OSError as exc:
+        raise ModelError(f"{path} could not be read: {exc}") from exc
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256:
+        raise ModelError(
+            f"{path}: sha256 {actual} does not match {METADATA_FILE}'s {sha256} (truncated or replaced file)"
+        )
+    try:
+        return Forest.load(io.BytesIO(data))
+    except ForestFormatError as exc:
+        raise ModelError(f"{path} could not be loaded: {exc}") from exc
+
+
+def check_model(forest: Forest, meta: dict, version_dir: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Refuse anything this server cannot answer the Iris API with; returns (class_names, feature_names)."""
     meta_path = version_dir / METADATA_FILE
+    model_path = version_dir / MODEL_FILE
     class_names = _string_list(meta, "class_names", meta_path)
     feature_names = _string_list(meta, "feature_names", meta_path)
     if len(feature_names) != N_FEATURES:
         raise ModelError(f"{meta_path}: 'feature_names' must name {N_FEATURES} features, got {len(feature_names)}")
-    if not callable(getattr(estimator, "predict_proba", None)):
-        raise ModelError(f"{version_dir / MODEL_FILE}: {type(estimator).__name__} has no predict_proba")
-    n_in = getattr(estimator, "n_features_in_", None)
-    if n_in != N_FEATURES:
-        raise ModelError(f"{version_dir / MODEL_FILE}: the model takes {n_in} features, the API sends {N_FEATURES}")
-    classes = getattr(estimator, "classes_", None)
-    expected = list(range(len(class_names)))
-    if classes is None or [c.item() if hasattr(c, "item") else c for c in classes] != expected:
+    if forest.n_features != N_FEATURES:
+        raise ModelError(f"{model_path}: the model takes {forest.n_features} features, the API sends {N_FEATURES}")
+    if forest.n_classes != len(class_names):
         raise ModelError(
-            f"{version_dir / MODEL_FILE}: the model's classes {None if classes is None else list(classes)} "
-            f"do not match the {len(class_names)} class names {list(class_names)} (expected ids {expected})"
+            f"{model_path}: the model's {forest.n_classes} classes do not match the "
+            f"{len(class_names)} class names {list(class_names)}"
         )
     try:
-        proba = np.asarray(estimator.predict_proba(CHECK_ROW), dtype=np.float64)
+        proba = np.asarray(forest.predict_proba(CHECK_ROW), dtype=np.float64)
     except Exception as exc:  # noqa: BLE001 - any failure on the check row refuses the model
-        raise ModelError(f"{version_dir / MODEL_FILE}: predicting the check row failed: {exc!r}") from exc
+        raise ModelError(f"{model_path}: predicting the check row failed: {exc!r}") from exc
     if (
         proba.shape != (1, len(class_names))
         or not np.all(np.isfinite(proba))
         or not math.isclose(float(proba.sum()), 1.0, abs_tol=1e-6)
     ):
         raise ModelError(
-            f"{version_dir / MODEL_FILE}: the check row gave probabilities {proba.tolist()} "
+            f"{model_path}: the check row gave probabilities {proba.tolist()} "
             f"(expected {len(class_names)} finite values summing to 1)"
         )
     return class_names, feature_names
@@ -231,32 +216,10 @@ def load_version(version_dir: Path, pointer: dict) -> LoadedModel:
             f"{version_dir / METADATA_FILE}: version {meta.get('version')!r} does not match "
             f"{POINTER_FILE}'s version {pointer.get('version')!r}"
         )
-    trained_with = meta.get("sklearn_version")
-    if trained_with is not None and trained_with != sklearn.__version__:
-        raise ModelError(
-            f"{version_dir / METADATA_FILE}: the model was trained with scikit-learn {trained_with}, "
-            f"this server runs {sklearn.__version__}; pickles are only safe within one version"
-        )
-    model_path = version_dir / MODEL_FILE
-    try:
-        estimator = joblib.load(model_path)
-    except FileNotFoundError as exc:
-        raise ModelError(f"{model_path} is missing") from exc
-    except Exception as exc:  # noqa: BLE001 - truncated or foreign pickles raise anything
-        raise ModelError(f"{model_path} could not be loaded: {exc!r}") from exc
-    class_names, feature_names = check_model(estimator, meta, version_dir)
-    if hasattr(estimator, "n_jobs"):
-        # One request = one thread: joblib workers per call only add overhead for small inputs.
-        estimator.n_jobs = 1
-    proba, inference = estimator.predict_proba, "predict_proba"
-    if ForestProba.applies_to(estimator):
-        fast = ForestProba(estimator)
-        if fast.equivalent_on(estimator, _reference_rows()):
-            proba, inference = fast, "forest-trees"
-        else:
-            log.warning("%s: the direct tree path disagrees with predict_proba; using predict_proba", model_path)
+    forest = read_forest(version_dir, expected_sha256(meta, version_dir))
+    class_names, feature_names = check_model(forest, meta, version_dir)
     return LoadedModel(
-        estimator=estimator,
+        forest=forest,
         version=str(meta["version"]),
         run_id=meta.get("run_id"),
         dir=version_dir.name,
@@ -265,8 +228,8 @@ def load_version(version_dir: Path, pointer: dict) -> LoadedModel:
         metadata=meta,
         pointer=pointer,
         loaded_at=_now(),
-        proba=proba,
-        inference=inference,
+        proba=forest.predict_proba,
+        inference=forest.inference,
         renderer=Renderer(class_names, str(meta["version"])),
     )
 

@@ -76,7 +76,8 @@ def test_health_ready_model(client, trained):
     assert info["class_names"] == ["setosa", "versicolor", "virginica"]
     assert info["loaded_at"].endswith("Z")
     assert info["dir"].startswith("v1-")
-    assert info["inference"] == "forest-trees"
+    assert info["inference"] == "table"
+    assert info["format"] == "forest-npz-v1"
 
 
 def test_no_model_yet_gives_503_and_not_ready_then_first_model_is_picked_up(make_client, publish, trained):

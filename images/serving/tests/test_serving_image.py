@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from packaging.requirements import Requirement
@@ -12,8 +15,22 @@ from packaging.utils import canonicalize_name
 
 SERVING_DIR = Path(__file__).resolve().parents[1]
 ROOT = SERVING_DIR.parents[1]
-ROOTS = ["fastapi", "uvicorn[standard]", "pydantic-settings", "prometheus-client", "scikit-learn"]
-FORBIDDEN = {"mlflow", "mlflow-skinny", "matplotlib", "pandas", "pyarrow", "flask", "sqlalchemy"}
+ROOTS = ["fastapi", "uvicorn[standard]", "pydantic-settings", "prometheus-client", "numpy"]
+# The server reads model.npz with numpy alone: no scikit-learn, and nothing that unpickles.
+FORBIDDEN = {
+    "mlflow",
+    "mlflow-skinny",
+    "matplotlib",
+    "pandas",
+    "pyarrow",
+    "flask",
+    "sqlalchemy",
+    "scikit-learn",
+    "scipy",
+    "joblib",
+    "cloudpickle",
+    "skops",
+}
 
 
 def pins(path: Path) -> dict[str, str]:
@@ -76,3 +93,15 @@ def test_dockerignore_keeps_tests_and_caches_out():
     ignored = set((SERVING_DIR / ".dockerignore").read_text().split())
     assert {"tests/", "**/__pycache__/", ".venv/", ".pytest_cache/"} <= ignored
     assert (SERVING_DIR / "wheels" / ".gitkeep").exists()
+
+
+def test_the_app_imports_neither_scikit_learn_nor_an_unpickler():
+    """Loading the app and its server entry point pulls in none of what the image leaves out."""
+    code = (
+        "import sys, app.main, app.serve, app.forest; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'sklearn', 'scipy', 'joblib', 'cloudpickle', 'skops'}))"
+    )
+    env = {**os.environ, "MODELS_DIR": "/nonexistent"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=SERVING_DIR, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

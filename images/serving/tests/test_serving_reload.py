@@ -8,16 +8,15 @@ import logging
 import os
 import threading
 
-import joblib
 import numpy as np
 import pytest
 import sklearn
-from serving_helpers import GUIDE_REQUEST, metric_value, wait_for
+from serving_helpers import GUIDE_REQUEST, metric_value, rewrite_npz, wait_for
 from sklearn.datasets import load_iris
-from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
-from sklearn.linear_model import LogisticRegression
+from sklearn.ensemble import RandomForestClassifier
+from trainer.forest_npz import compile_model
 
-from app.model import ForestProba, ModelError, ModelHolder, _reference_rows, load_model
+from app.model import ModelError, ModelHolder, load_model
 
 
 def served_version(client) -> str | None:
@@ -44,16 +43,16 @@ def test_new_model_is_picked_up_within_the_interval(client, publish, trained):
 
 
 def truncate_model(d):
-    path = d / "model.joblib"
+    path = d / "model.npz"
     path.write_bytes(path.read_bytes()[: os.path.getsize(path) // 2])
 
 
 def empty_model(d):
-    (d / "model.joblib").write_bytes(b"")
+    (d / "model.npz").write_bytes(b"")
 
 
 def remove_model(d):
-    (d / "model.joblib").unlink()
+    (d / "model.npz").unlink()
 
 
 def garbage_metadata(d):
@@ -69,35 +68,69 @@ def edit_metadata(**changes):
     return damage
 
 
-def three_feature_model(d):
-    rng = np.random.default_rng(0)
-    model = RandomForestClassifier(n_estimators=3, random_state=0).fit(rng.random((30, 3)), np.arange(30) % 3)
-    joblib.dump(model, d / "model.joblib")
+def compiled_forest(n_features, n_classes):
+    """A real forest on other data, compiled by the trainer: model.npz of another shape."""
+
+    def damage(d):
+        rng = np.random.default_rng(0)
+        model = RandomForestClassifier(n_estimators=3, random_state=0)
+        model.fit(rng.random((30, n_features)), np.arange(30) % n_classes)
+        rewrite_npz(d, lambda _: compile_model(model)[0])
+
+    return damage
 
 
-def two_class_model(d):
-    rng = np.random.default_rng(0)
-    model = RandomForestClassifier(n_estimators=3, random_state=0).fit(rng.random((30, 4)), np.arange(30) % 2)
-    joblib.dump(model, d / "model.joblib")
+def pickled_object(d):
+    rewrite_npz(d, lambda a: {**a, "value": np.array([{"code": "runs on load"}], dtype=object)})
 
 
-def not_a_classifier(d):
-    joblib.dump({"weights": [1, 2, 3]}, d / "model.joblib")
+def drop_arrays(d):
+    rewrite_npz(d, lambda a: {k: v for k, v in a.items() if k not in ("left", "threshold")})
+
+
+def table_disagrees(d):
+    rewrite_npz(d, lambda a: {**a, "table_values": np.ascontiguousarray(a["table_values"][:, ::-1])})
+
+
+def child_out_of_range(d):
+    rewrite_npz(d, lambda a: {**a, "left": np.where(a["left"] == 1, len(a["left"]) + 5, a["left"]).astype(np.int32)})
+
+
+def loop_to_root(d):
+    """An inner node below the root gets the root as its right child: a cycle, not a tree."""
+
+    def change(a):
+        right = a["right"].copy()
+        inner = [i for i in range(1, len(right)) if a["left"][i] != i]
+        right[inner[0]] = 0
+        return {**a, "right": right}
+
+    rewrite_npz(d, change)
+
+
+def too_shallow(d):
+    rewrite_npz(d, lambda a: {**a, "max_depth": a["max_depth"] - 1})
 
 
 DAMAGES = {
-    "truncated-model": (truncate_model, "could not be loaded"),
-    "empty-model": (empty_model, "could not be loaded"),
-    "missing-model": (remove_model, "is missing"),
+    "truncated-model": (truncate_model, "does not match metadata.json's"),
+    "empty-model": (empty_model, "does not match metadata.json's"),
+    "missing-model": (remove_model, "model.npz is missing"),
     "metadata-not-json": (garbage_metadata, "not readable JSON"),
     "metadata-wrong-format": (edit_metadata(format="onnx"), "'format' must be"),
+    "metadata-earlier-trainer": (edit_metadata(format="sklearn-joblib"), "train again to export it"),
+    "metadata-no-checksum": (edit_metadata(files={}), "'files' must give the sha256 of model.npz"),
     "metadata-5-features": (edit_metadata(feature_names=["a", "b", "c", "d", "e"]), "must name 4 features"),
     "metadata-2-classes": (edit_metadata(class_names=["setosa", "versicolor"]), "do not match"),
     "metadata-other-version": (edit_metadata(version="99"), "does not match"),
-    "other-sklearn": (edit_metadata(sklearn_version="0.24.2"), "trained with scikit-learn 0.24.2"),
-    "model-takes-3-features": (three_feature_model, "takes 3 features"),
-    "model-has-2-classes": (two_class_model, "do not match"),
-    "not-a-classifier": (not_a_classifier, "has no predict_proba"),
+    "model-takes-3-features": (compiled_forest(3, 3), "takes 3 features"),
+    "model-has-2-classes": (compiled_forest(4, 2), "do not match"),
+    "npz-holds-a-pickle": (pickled_object, "could not be loaded"),
+    "npz-lacks-arrays": (drop_arrays, "['left', 'threshold'] are missing"),
+    "table-disagrees-with-trees": (table_disagrees, "disagrees with the trees"),
+    "child-out-of-range": (child_out_of_range, "indexes outside"),
+    "node-loops-to-root": (loop_to_root, "do not form trees"),
+    "depth-understated": (too_shallow, "deeper than max_depth"),
 }
 
 
@@ -151,7 +184,7 @@ def test_holder_load_outcomes(models_dir, publish, publish_broken, trained):
     publish_broken(first, 2, truncate_model)
     refused = holder.load()
     assert refused.status == "refused"
-    assert "could not be loaded" in refused.reason
+    assert "does not match metadata.json's" in refused.reason
     assert holder.current is outcome.model  # untouched
     assert holder.load().status == "unchanged"  # not retried until current.json changes
     model, proba = holder.predict(np.array([GUIDE_REQUEST["features"]]))
@@ -177,45 +210,6 @@ def test_current_sklearn_version_is_what_the_trainer_records(models_dir, publish
     assert json.loads((version_dir / "metadata.json").read_text())["sklearn_version"] == sklearn.__version__
 
 
-class SharpenedForest(RandomForestClassifier):
-    """A forest whose predict_proba is not the mean of its trees (like a calibrated one)."""
-
-    def predict_proba(self, X):
-        p = super().predict_proba(X) ** 2
-        return p / p.sum(axis=1, keepdims=True)
-
-
-@pytest.mark.parametrize(
-    ("make", "inference"),
-    [
-        (lambda: RandomForestClassifier(n_estimators=25, max_depth=4, random_state=1), "forest-trees"),
-        (lambda: ExtraTreesClassifier(n_estimators=25, random_state=1), "forest-trees"),
-        (lambda: SharpenedForest(n_estimators=25, max_depth=4, random_state=1), "predict_proba"),
-        (lambda: LogisticRegression(max_iter=500), "predict_proba"),
-    ],
-    ids=["random-forest", "extra-trees", "forest-subclass", "logistic-regression"],
-)
-def test_any_classifier_answers_like_its_own_predict_proba(models_dir, publish, trained, make, inference):
-    iris = load_iris()
-    estimator = make().fit(iris.data, iris.target)
-    result = trained["small"]
-    result = type(result)(**{**vars(result), "model": estimator})
-    publish(result, 1)
-    holder = ModelHolder(models_dir, "iris-classifier")
-    assert holder.load().status == "loaded"
-    assert holder.current.inference == inference
-    rows = np.vstack([iris.data, iris.data + 0.05])
-    model, proba = holder.predict(rows)
-    np.testing.assert_allclose(proba, estimator.predict_proba(rows), atol=1e-9)
-
-
-def test_fast_path_proof_detects_a_different_model(trained):
-    rows = _reference_rows()
-    small, big = trained["small"].model, trained["big"].model
-    assert ForestProba(small).equivalent_on(small, rows)
-    assert not ForestProba(small).equivalent_on(big, rows)
-
-
 def test_a_request_in_flight_during_the_swap_is_answered_wholly_by_the_old_model(client, publish, trained):
     """Deterministic: hold a request inside the old model, swap, release; the answer is all old."""
     app = client.app
@@ -228,8 +222,8 @@ def test_a_request_in_flight_during_the_swap_is_answered_wholly_by_the_old_model
         assert release.wait(timeout=10)
         return old.proba(rows)
 
-    # Same model, but held mid-prediction (and run in a worker thread, as non-forest models are).
-    holder._current = dataclasses.replace(old, proba=held_proba, inference="predict_proba")
+    # Same model, but held mid-prediction (an unknown inference path runs in a worker thread).
+    holder._current = dataclasses.replace(old, proba=held_proba, inference="held")
     answer: dict = {}
     request = threading.Thread(target=lambda: answer.update(r=client.post("/predict", json=GUIDE_REQUEST)))
     request.start()

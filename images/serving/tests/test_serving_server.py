@@ -166,7 +166,7 @@ def test_hot_swap_under_concurrent_requests_with_two_workers(
         wait_for(lambda: loads() == 4, timeout=30, interval=0.1, what="both workers to load v2")
 
         # A corrupt model published now is refused by both workers; v2 keeps answering.
-        publish_broken(first_dir, 3, lambda d: (d / "model.joblib").write_bytes(b"\x80\x04truncated"))
+        publish_broken(first_dir, 3, lambda d: (d / "model.npz").write_bytes(b"PK\x03\x04truncated"))
         published = snapshot()
         wait_for(lambda: refusals() == 2, timeout=30, what="both workers to refuse v3")
         assert server.logs().count("refused model 3") == 2

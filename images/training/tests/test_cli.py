@@ -24,6 +24,8 @@ def test_defaults_match_the_contract():
     assert config.models_dir == Path("/data/models")
     assert config.model_name == "iris-classifier"
     assert config.tracking_uri == BASE_ENV["MLFLOW_TRACKING_URI"]
+    assert config.table_max_cells == 4_194_304
+    assert cli.load_config([], {**BASE_ENV, "TABLE_MAX_CELLS": "0"}).table_max_cells == 0
 
 
 def test_environment_fallbacks_and_flags_win():
@@ -81,6 +83,9 @@ def test_bad_flags_exit_2_naming_flag_and_value(argv, message, capsys):
         ({"MLFLOW_CONNECT_RETRIES": "0"}, "MLFLOW_CONNECT_RETRIES must be an integer between 1 and 100, got '0'"),
         ({"MLFLOW_CONNECT_BACKOFF_SECONDS": "soon"}, "MLFLOW_CONNECT_BACKOFF_SECONDS must be a number of seconds"),
         ({"MLFLOW_CONNECT_BACKOFF_SECONDS": "99"}, "between 0 and 30, got '99'"),
+        ({"TABLE_MAX_CELLS": "lots"}, "TABLE_MAX_CELLS must be an integer between 0 and 16777216, got 'lots'"),
+        ({"TABLE_MAX_CELLS": "-1"}, "TABLE_MAX_CELLS must be an integer between 0 and 16777216, got '-1'"),
+        ({"TABLE_MAX_CELLS": "16777217"}, "got '16777217'"),
     ],
 )
 def test_bad_environment_is_a_config_error_naming_the_variable(env, message):

@@ -1,9 +1,12 @@
+import hashlib
 import json
 import threading
 import time
 
 import pytest
+from sklearn.linear_model import LogisticRegression
 
+from trainer import export
 from trainer.export import (
     POINTER_FILE,
     load_version,
@@ -11,6 +14,7 @@ from trainer.export import (
     publish_model,
     read_current,
 )
+from trainer.forest_npz import UnsupportedModel
 from trainer.model import train_model
 
 
@@ -42,7 +46,13 @@ def test_publish_writes_version_and_pointer(tmp_path, trained):
         "name",
     ):
         assert key in meta, key
-    assert meta["format"] == "sklearn-joblib"
+    assert meta["format"] == "forest-npz-v1"
+    for name in ("model.npz", "model.joblib"):
+        data = (version_dir / name).read_bytes()
+        assert meta["files"][name]["sha256"] == hashlib.sha256(data).hexdigest()
+        assert meta["files"][name]["bytes"] == len(data)
+    assert meta["files"]["model.joblib"]["format"] == "sklearn-joblib"
+    assert meta["compiled"]["table"] is True and meta["compiled"]["n_trees"] == 10
     assert meta["name"] == "iris-classifier"
     assert meta["version"] == "1"
     assert meta["metrics"] == trained.metrics
@@ -103,17 +113,28 @@ def test_publish_rejects_incomplete_metadata_and_unsafe_names(tmp_path, trained)
     assert not (tmp_path / "m" / POINTER_FILE).exists()
 
 
-def test_failed_write_leaves_no_version_and_keeps_pointer(tmp_path, trained):
+def test_failed_write_leaves_no_version_and_keeps_pointer(tmp_path, trained, monkeypatch):
     good = publish_model(tmp_path, "m", trained.model, _meta(trained, "1"))
+    real_write = export._write_file
 
-    class Unpicklable:
-        def __reduce__(self):
-            raise RuntimeError("cannot pickle")
+    def disk_full_at_the_second_file(path, data):
+        if path.name == "model.joblib":
+            raise OSError("No space left on device")
+        real_write(path, data)
 
-    with pytest.raises(RuntimeError, match="cannot pickle"):
-        publish_model(tmp_path, "m", Unpicklable(), _meta(trained, "2"))
+    monkeypatch.setattr(export, "_write_file", disk_full_at_the_second_file)
+    with pytest.raises(OSError, match="No space left"):
+        publish_model(tmp_path, "m", trained.model, _meta(trained, "2"))
     assert sorted(p.name for p in (tmp_path / "m" / "versions").iterdir()) == [good.name]
     assert read_current(tmp_path, "m")["path"] == good
+
+
+def test_a_model_serving_cannot_read_is_refused_before_anything_is_written(tmp_path, trained):
+    linear = LogisticRegression(max_iter=300).fit(trained.X_train, trained.y_train)
+    with pytest.raises(UnsupportedModel, match="LogisticRegression"):
+        publish_model(tmp_path, "m", linear, _meta(trained, "1"))
+    assert not (tmp_path / "m" / POINTER_FILE).exists()
+    assert list((tmp_path / "m").rglob("*.npz")) == []
 
 
 def test_readers_never_see_a_partial_model(tmp_path, trained):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import json
 import os
 import re
 import sys
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from trainer.forest_npz import DEFAULT_TABLE_MAX_CELLS, MAX_TABLE_MAX_CELLS
 from trainer.model import DEFAULT_SEED, TEST_SIZE
 
 ALIAS = "champion"
@@ -39,6 +41,7 @@ DEFAULTS = {
     "MODEL_NAME": "iris-classifier",
     "MLFLOW_CONNECT_RETRIES": "8",
     "MLFLOW_CONNECT_BACKOFF_SECONDS": "1.0",
+    "TABLE_MAX_CELLS": str(DEFAULT_TABLE_MAX_CELLS),
 }
 MAX_BACKOFF_SECONDS = 30.0
 MAX_RUN_NAME = 250
@@ -69,6 +72,7 @@ class Config:
     model_name: str
     connect_retries: int
     connect_backoff: float
+    table_max_cells: int = DEFAULT_TABLE_MAX_CELLS
 
 
 def log(message: str) -> None:
@@ -112,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a RandomForest on Iris, log it to MLflow, register, promote and export it.",
         epilog="Each flag falls back to the environment variable in brackets. Also read: MLFLOW_TRACKING_URI "
         "(required), MLFLOW_EXPERIMENT_NAME, MODELS_DIR, MODEL_NAME, MLFLOW_CONNECT_RETRIES, "
-        "MLFLOW_CONNECT_BACKOFF_SECONDS.",
+        "MLFLOW_CONNECT_BACKOFF_SECONDS, TABLE_MAX_CELLS.",
     )
     parser.add_argument("--n-estimators", type=_flag_int, help="trees in the forest, >= 1 [N_ESTIMATORS, 100]")
     parser.add_argument("--max-depth", type=_flag_int, help="maximum tree depth, >= 1 [MAX_DEPTH, 5]")
@@ -184,6 +188,15 @@ def load_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> Config:
             raise ValueError(f"must be a number of seconds between 0 and {MAX_BACKOFF_SECONDS:g}, got {text!r}")
         return value
 
+    def table_cells(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise ValueError(f"must be an integer between 0 and {MAX_TABLE_MAX_CELLS}, got {text!r}") from None
+        if not 0 <= value <= MAX_TABLE_MAX_CELLS:
+            raise ValueError(f"must be an integer between 0 and {MAX_TABLE_MAX_CELLS}, got {text!r}")
+        return value
+
     experiment = _env(env, "MLFLOW_EXPERIMENT_NAME").strip()
     return Config(
         n_estimators=args.n_estimators or _from_env(env, "N_ESTIMATORS", _positive_int),
@@ -196,6 +209,7 @@ def load_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> Config:
         model_name=model_name,
         connect_retries=_from_env(env, "MLFLOW_CONNECT_RETRIES", retries),
         connect_backoff=_from_env(env, "MLFLOW_CONNECT_BACKOFF_SECONDS", backoff),
+        table_max_cells=_from_env(env, "TABLE_MAX_CELLS", table_cells),
     )
 
 
@@ -259,6 +273,20 @@ def _bound_mlflow_client_retries(env: dict[str, str]) -> None:
     env.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     env.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
     env.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
+
+def describe_compiled(compiled: dict) -> str:
+    """One log line: how serving will answer with this model (table or tree walk) and why."""
+    grid = f"{compiled['table_cells']:,} cells"
+    if compiled["table"]:
+        return (
+            f"model.npz: decision-region table of {grid} ({compiled['table_distinct_rows']:,} distinct "
+            f"probability rows) over {compiled['n_trees']} trees"
+        )
+    return (
+        f"model.npz: no table ({grid} > TABLE_MAX_CELLS={compiled['table_max_cells']:,}); serving walks the "
+        f"{compiled['n_trees']} trees ({compiled['n_nodes']:,} nodes, depth {compiled['max_depth']})"
+    )
 
 
 def _is_better(candidate: dict[str, float], champion: dict[str, float]) -> bool:
@@ -381,7 +409,9 @@ def run(config: Config) -> dict:
                 metadata = make_metadata(
                     result, version=version, run_id=run_id, run_name=config.run_name, name=config.model_name
                 )
-                version_dir = publish_model(config.models_dir, config.model_name, result.model, metadata)
+                version_dir = publish_model(
+                    config.models_dir, config.model_name, result.model, metadata, table_max_cells=config.table_max_cells
+                )
             except BaseException:
                 # Keep the alias and the served model in agreement: put the alias back.
                 try:
@@ -395,6 +425,7 @@ def run(config: Config) -> dict:
             summary["exported_to"] = str(version_dir)
             mlflow.set_tag("exported_to", str(version_dir))
             log(f"exported to {version_dir} and published {config.models_dir / config.model_name / 'current.json'}")
+            log(describe_compiled(json.loads((version_dir / "metadata.json").read_text())["compiled"]))
     log(
         f"run {run_id} finished: version {version} "
         + (f"promoted and exported to {summary['exported_to']}" if summary["promoted"] else "registered, not promoted")

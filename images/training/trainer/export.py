@@ -2,8 +2,9 @@
 
 Layout (docs/interfaces.md)::
 
-    <models_dir>/<model_name>/versions/<dir>/model.joblib
-    <models_dir>/<model_name>/versions/<dir>/metadata.json
+    <models_dir>/<model_name>/versions/<dir>/model.npz       compiled forest, numpy arrays (what serving reads)
+    <models_dir>/<model_name>/versions/<dir>/model.joblib    the fitted scikit-learn estimator
+    <models_dir>/<model_name>/versions/<dir>/metadata.json   format, sha256 of both files, names, metrics
     <models_dir>/<model_name>/current.json   {"dir", "version", "run_id", "published_at"}
 
 A version directory is written completely under a hidden temporary name (``.tmp-...``) in the
@@ -14,6 +15,8 @@ follows ``current.json`` therefore never sees half a model.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import re
@@ -26,11 +29,13 @@ from typing import Any
 import joblib
 import sklearn
 
+from trainer.forest_npz import DEFAULT_TABLE_MAX_CELLS, NPZ_FILE, NPZ_FORMAT, compile_model, npz_bytes
+
 MODEL_FILE = "model.joblib"
 METADATA_FILE = "metadata.json"
 POINTER_FILE = "current.json"
 VERSIONS_DIR = "versions"
-FORMAT = "sklearn-joblib"
+FORMAT = NPZ_FORMAT
 
 # Keys the caller must supply; format, name, sklearn_version and created_at are filled in.
 REQUIRED_METADATA_KEYS = ("version", "run_id", "run_name", "params", "metrics", "feature_names", "class_names")
@@ -89,11 +94,24 @@ def make_metadata(result: Any, *, version: str | int, run_id: str, run_name: str
     return meta
 
 
-def publish_model(models_dir: str | os.PathLike, model_name: str, model: Any, metadata: dict) -> Path:
+def _file_entry(data: bytes) -> dict:
+    return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+
+
+def publish_model(
+    models_dir: str | os.PathLike,
+    model_name: str,
+    model: Any,
+    metadata: dict,
+    *,
+    table_max_cells: int = DEFAULT_TABLE_MAX_CELLS,
+) -> Path:
     """Write a model and its metadata as a new version directory and point current.json at it.
 
-    Returns the path of the new version directory. Raises ValueError naming the key when the
-    metadata is incomplete or a name is unsafe for a path.
+    The forest is compiled to model.npz (trainer/forest_npz.py; with a decision-region table when
+    it has at most ``table_max_cells`` cells) beside model.joblib. Returns the path of the new
+    version directory. Raises ValueError naming the key when the metadata is incomplete or a name
+    is unsafe for a path, ``forest_npz.UnsupportedModel`` for a model that is not a tree ensemble.
     """
     model_name = _check_name("model_name", model_name)
     if not isinstance(metadata, dict):
@@ -102,10 +120,17 @@ def publish_model(models_dir: str | os.PathLike, model_name: str, model: Any, me
     if missing:
         raise ValueError(f"metadata is missing required key(s) {missing}; required: {list(REQUIRED_METADATA_KEYS)}")
     version = _check_name("metadata['version']", metadata["version"])
+    arrays, compiled = compile_model(model, table_max_cells=table_max_cells)
+    npz = npz_bytes(arrays)
+    pickled = io.BytesIO()
+    joblib.dump(model, pickled)
+    joblib_data = pickled.getvalue()
 
     meta = dict(metadata)
     meta["version"] = version
-    meta.setdefault("format", FORMAT)
+    meta["format"] = FORMAT
+    meta["files"] = {NPZ_FILE: _file_entry(npz), MODEL_FILE: {**_file_entry(joblib_data), "format": "sklearn-joblib"}}
+    meta["compiled"] = compiled
     meta.setdefault("name", model_name)
     meta.setdefault("sklearn_version", sklearn.__version__)
     meta.setdefault("created_at", _utc_now())
@@ -120,10 +145,8 @@ def publish_model(models_dir: str | os.PathLike, model_name: str, model: Any, me
     final = versions / dir_name
     tmp.mkdir()
     try:
-        with open(tmp / MODEL_FILE, "wb") as fh:
-            joblib.dump(model, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
+        _write_file(tmp / NPZ_FILE, npz)
+        _write_file(tmp / MODEL_FILE, joblib_data)
         _write_file(tmp / METADATA_FILE, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
         _fsync_dir(tmp)
         os.rename(tmp, final)
@@ -185,7 +208,7 @@ def read_current(models_dir: str | os.PathLike, model_name: str) -> dict | None:
 
 
 def load_version(version_dir: str | os.PathLike) -> tuple[Any, dict]:
-    """Load ``model.joblib`` and ``metadata.json`` from a version directory."""
+    """Load ``model.joblib`` (the scikit-learn estimator) and ``metadata.json`` from a version directory."""
     version_dir = Path(version_dir)
     metadata = json.loads((version_dir / METADATA_FILE).read_text())
     if metadata.get("format") != FORMAT:
