@@ -83,9 +83,9 @@ def test_bad_flags_exit_2_naming_flag_and_value(argv, message, capsys):
         ({"MLFLOW_CONNECT_RETRIES": "0"}, "MLFLOW_CONNECT_RETRIES must be an integer between 1 and 100, got '0'"),
         ({"MLFLOW_CONNECT_BACKOFF_SECONDS": "soon"}, "MLFLOW_CONNECT_BACKOFF_SECONDS must be a number of seconds"),
         ({"MLFLOW_CONNECT_BACKOFF_SECONDS": "99"}, "between 0 and 30, got '99'"),
-        ({"TABLE_MAX_CELLS": "lots"}, "TABLE_MAX_CELLS must be an integer between 0 and 16777216, got 'lots'"),
-        ({"TABLE_MAX_CELLS": "-1"}, "TABLE_MAX_CELLS must be an integer between 0 and 16777216, got '-1'"),
-        ({"TABLE_MAX_CELLS": "16777217"}, "got '16777217'"),
+        ({"TABLE_MAX_CELLS": "lots"}, "TABLE_MAX_CELLS must be an integer between 0 and 8388608, got 'lots'"),
+        ({"TABLE_MAX_CELLS": "-1"}, "TABLE_MAX_CELLS must be an integer between 0 and 8388608, got '-1'"),
+        ({"TABLE_MAX_CELLS": "8388609"}, "got '8388609'"),
     ],
 )
 def test_bad_environment_is_a_config_error_naming_the_variable(env, message):
