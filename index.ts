@@ -67,6 +67,7 @@ const storage = new SharedStorage(
         servingNamespace: namespaces.serving,
         rootShell: (script) => cluster.rootShell(script),
         prepareAfter: cluster.ready,
+        nfs: cfg.nfs,
     },
     k8sOpts,
 );
@@ -79,6 +80,7 @@ const mlflow = new MlflowServer(
         imagePullSecret: pullSecrets.training,
         dataClaim: storage.dataClaim,
         nodePort: cfg.cluster === "embedded" ? MLFLOW_NODE_PORT : undefined,
+        backendUri: cfg.mlflowBackendUri === undefined ? undefined : pulumi.secret(cfg.mlflowBackendUri),
     },
     { ...k8sOpts, dependsOn: imported.commands },
 );

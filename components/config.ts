@@ -91,8 +91,12 @@ export interface StackConfig {
     readonly trainingGpus: number;
     /** runtimeClassName of training pods when trainingGpus > 0; empty: the node's default runtime. */
     readonly gpuRuntimeClass: string;
+    /** NFS export of the shared storage (several nodes); undefined: hostPath volumes under storageDir. */
+    readonly nfs?: { readonly server: string; readonly path: string };
     /** Where imageLoader=registry pushes the images; undefined for the other loaders. */
     readonly registry?: RegistryConfig;
+    /** MLflow's backend store on PostgreSQL (a secret value); undefined: SQLite on the shared volume. */
+    readonly mlflowBackendUri?: string;
 }
 
 /** An image registry the stack pushes to and the cluster pulls from (imageLoader=registry). */
@@ -137,15 +141,18 @@ export const DEFAULTS = {
     grafanaDashboard: false,
     trainingGpus: 0,
     gpuRuntimeClass: "nvidia",
+    nfsServer: "",
+    nfsPath: "",
     registry: "",
     registryUsername: "",
     registryPassword: "",
+    mlflowBackendUri: "",
 } as const;
 
 export const CONFIG_KEYS = Object.keys(DEFAULTS) as ConfigKey[];
 
 /** Keys whose values are Pulumi secrets (`pulumi config set --secret`). */
-export const SECRET_KEYS: readonly ConfigKey[] = ["registryPassword"];
+export const SECRET_KEYS: readonly ConfigKey[] = ["registryPassword", "mlflowBackendUri"];
 
 
 /** A configuration error: the message names the key, the value and what is allowed. */
@@ -351,6 +358,52 @@ function readExperiments(r: Reader, raw: string | undefined, base: { nEstimators
     return runs;
 }
 
+/**
+ * MLflow's backend store URI: empty (SQLite on the shared volume) or PostgreSQL through psycopg (3),
+ * the driver the training image installs. Errors never print the value (it holds a password).
+ */
+function readBackendUri(r: Reader): string | undefined {
+    const v = r.str("mlflowBackendUri");
+    if (v === "") {
+        return undefined;
+    }
+    const m = /^(postgresql(?:\+psycopg)?):\/\/[^/\s]+\/[^\s/?]+(\?\S*)?$/.exec(v);
+    if (!m) {
+        const scheme = /^([a-z0-9+]+):\/\//.exec(v)?.[1];
+        r.fail(
+            "mlflowBackendUri",
+            scheme ? `[secret ${scheme}://...]` : "[secret]",
+            "must be empty (SQLite on the shared volume) or postgresql://USER:PASSWORD@HOST[:PORT]/DATABASE[?options] (set it with pulumi config set --secret)",
+        );
+        return undefined;
+    }
+    return v;
+}
+
+/** The NFS export of the shared storage: both keys or neither. */
+function readNfs(r: Reader): { server: string; path: string } | undefined {
+    const server = r.str("nfsServer", {
+        pattern: /^$|^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$|^\[[0-9A-Fa-f:]+\]$/,
+        describe: "must be empty (hostPath volumes) or an NFS server's host name or IP address, e.g. nfs.example.com or 10.0.0.5",
+    });
+    const exportPath = r.str("nfsPath", {
+        pattern: /^$|^\/[A-Za-z0-9._\-/]*$/,
+        describe: "must be empty or the absolute path of the export on the NFS server, e.g. /export/mlops",
+    });
+    if (server === "" && exportPath === "") {
+        return undefined;
+    }
+    if (server === "") {
+        r.fail("nfsServer", server, "must be set when nfsPath is (the NFS server of the export)");
+        return undefined;
+    }
+    if (exportPath === "" || exportPath === "/") {
+        r.fail("nfsPath", exportPath, "must be set when nfsServer is: the export's directory for this stack, not / (e.g. /export/mlops)");
+        return undefined;
+    }
+    return { server, path: exportPath };
+}
+
 /** The registry of imageLoader=registry, checked against the loader and the credentials against each other. */
 function readRegistry(r: Reader, loader: ImageLoader): RegistryConfig | undefined {
     const prefix = r.str("registry", {
@@ -486,7 +539,9 @@ export function loadConfig(raw: RawConfig = pulumiRaw(), home: string = os.homed
         servingHostPort: r.int("servingHostPort", LIMITS.port.min, LIMITS.port.max),
         mlflowHostPort: r.int("mlflowHostPort", LIMITS.port.min, LIMITS.port.max),
         autoscaling: readAutoscaling(r),
+        nfs: readNfs(r),
         registry: readRegistry(r, imageLoader),
+        mlflowBackendUri: readBackendUri(r),
         serviceMonitor: r.bool("serviceMonitor"),
         grafanaDashboard: r.bool("grafanaDashboard"),
         trainingGpus: r.int("trainingGpus", LIMITS.trainingGpus.min, LIMITS.trainingGpus.max),

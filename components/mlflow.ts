@@ -27,8 +27,17 @@ export function mlflowAllowedHosts(): string {
     ].join(",");
 }
 
-/** The server's command (docs/interfaces.md). */
-export function mlflowCommand(): string[] {
+/** Secret holding the PostgreSQL backend URI (key `uri`), when there is one. */
+export const BACKEND_SECRET = "mlflow-backend";
+/** The server reads its backend store from this variable when the flag is absent (MLflow's CLI, click envvar). */
+export const BACKEND_ENV = "MLFLOW_BACKEND_STORE_URI";
+
+/**
+ * The server's command (docs/interfaces.md). With an external backend store the URI is not on the
+ * command line (it holds a password): the server reads it from MLFLOW_BACKEND_STORE_URI, which
+ * comes from a Secret.
+ */
+export function mlflowCommand(externalBackend = false): string[] {
     return [
         "mlflow",
         "server",
@@ -38,8 +47,7 @@ export function mlflowCommand(): string[] {
         String(MLFLOW_PORT),
         "--workers",
         "1",
-        "--backend-store-uri",
-        "sqlite:////data/mlflow/mlflow.db",
+        ...(externalBackend ? [] : ["--backend-store-uri", "sqlite:////data/mlflow/mlflow.db"]),
         "--artifacts-destination",
         "/data/mlflow/artifacts",
         "--serve-artifacts",
@@ -60,17 +68,26 @@ export interface MlflowServerArgs {
     readonly dataClaim: pulumi.Input<string>;
     /** When set, also a NodePort Service on this port (the embedded cluster publishes it on the host). */
     readonly nodePort?: number;
+    /** PostgreSQL backend store URI (a secret); undefined: SQLite on the data volume. */
+    readonly backendUri?: pulumi.Input<string>;
+    /** Name of the Secret holding `backendUri` (set by MlflowServer when there is one). */
+    readonly backendSecret?: pulumi.Input<string>;
 }
 
 const labels = { app: MLFLOW_DEPLOYMENT };
 
-/** Deployment of exactly one pod, Recreate: never two servers on one SQLite file, not even during a rollout. */
+/**
+ * Deployment of one pod. On SQLite, Recreate: never two servers on one SQLite file, not even during a
+ * rollout. On PostgreSQL the database arbitrates concurrent servers, so a rollout starts the new
+ * pod before stopping the old one (RollingUpdate, maxUnavailable 0): no gap in tracking.
+ */
 export function mlflowDeployment(args: MlflowServerArgs): k8s.apps.v1.DeploymentArgs {
+    const external = args.backendSecret !== undefined;
     return {
         metadata: { name: MLFLOW_DEPLOYMENT, namespace: args.namespace, labels: { ...COMMON_LABELS, ...labels } },
         spec: {
             replicas: 1,
-            strategy: { type: "Recreate" },
+            strategy: external ? { type: "RollingUpdate", rollingUpdate: { maxUnavailable: 0, maxSurge: 1 } } : { type: "Recreate" },
             selector: { matchLabels: labels },
             template: {
                 metadata: { labels: { ...COMMON_LABELS, ...labels } },
@@ -82,10 +99,13 @@ export function mlflowDeployment(args: MlflowServerArgs): k8s.apps.v1.Deployment
                             name: "mlflow",
                             image: args.image,
                             imagePullPolicy: args.imagePullPolicy,
-                            command: mlflowCommand(),
+                            command: mlflowCommand(external),
                             // MLflow 3.x otherwise starts a job runner (7 huey consumers, ~230 MiB
                             // each) and the pod is OOM-killed at its limit (docs/interfaces.md).
-                            env: [{ name: "MLFLOW_SERVER_ENABLE_JOB_EXECUTION", value: "false" }],
+                            env: [
+                                { name: "MLFLOW_SERVER_ENABLE_JOB_EXECUTION", value: "false" },
+                                ...(external ? [{ name: BACKEND_ENV, valueFrom: { secretKeyRef: { name: args.backendSecret!, key: "uri" } } }] : []),
+                            ],
                             ports: [{ name: "http", containerPort: MLFLOW_PORT }],
                             readinessProbe: {
                                 httpGet: { path: "/health", port: MLFLOW_PORT },
@@ -123,7 +143,19 @@ export class MlflowServer extends pulumi.ComponentResource {
 
     constructor(name: string, args: MlflowServerArgs, opts?: pulumi.ComponentResourceOptions) {
         super("ops-demo:mlflow:MlflowServer", name, {}, opts);
-        this.deployment = new k8s.apps.v1.Deployment(`${name}-deployment`, mlflowDeployment(args), { parent: this });
+        let backendSecret: pulumi.Output<string> | undefined;
+        if (args.backendUri !== undefined) {
+            backendSecret = new k8s.core.v1.Secret(
+                `${name}-backend`,
+                {
+                    metadata: { name: BACKEND_SECRET, namespace: args.namespace, labels: { ...COMMON_LABELS, ...labels } },
+                    type: "Opaque",
+                    stringData: { uri: pulumi.secret(args.backendUri) },
+                },
+                { parent: this },
+            ).metadata.name;
+        }
+        this.deployment = new k8s.apps.v1.Deployment(`${name}-deployment`, mlflowDeployment({ ...args, backendSecret }), { parent: this });
         const ports = [{ name: "http", port: MLFLOW_PORT, targetPort: MLFLOW_PORT, protocol: "TCP" }];
         this.service = new k8s.core.v1.Service(
             `${name}-service`,

@@ -1,6 +1,8 @@
 /**
  * Shared storage: the host directory prepared for user 10001, two hostPath PersistentVolumes
  * (Retain: `pulumi destroy` leaves the data on the host) bound explicitly to one claim each.
+ * On several nodes the same two volumes are NFS volumes on one export (`nfs`): a hostPath is a
+ * different directory on every node.
  */
 import * as command from "@pulumi/command";
 import * as k8s from "@pulumi/kubernetes";
@@ -27,6 +29,11 @@ export interface SharedStorageArgs {
     readonly rootShell: (script: string) => string;
     /** Resources the preparation waits for (the embedded cluster's container). */
     readonly prepareAfter: pulumi.Resource[];
+    /**
+     * When set, the volumes are this NFS export (`path`) and its `models` directory instead of
+     * hostPaths under storageDir; the export is prepared on the NFS server (README), not here.
+     */
+    readonly nfs?: { readonly server: string; readonly path: string };
 }
 
 /** The directories of the layout, created and handed to 10001:10001 before any PV exists. */
@@ -36,10 +43,25 @@ export function prepareScript(storageDir: string): string {
     return `set -eu; mkdir -p ${dirs.join(" ")} && chown -R ${APP_UID}:${APP_UID} ${d}`;
 }
 
+/** Where a PV's data lives: a directory on the node, or a directory of an NFS export. */
+export type VolumeSource =
+    | { readonly hostPath: { readonly path: string; readonly type: "Directory" } }
+    | { readonly nfs: { readonly server: string; readonly path: string; readonly readOnly?: boolean } };
+
 /** A hostPath PV with Retain, no storage class (never k3s's local-path), pre-bound to one claim. */
 export function hostPathVolume(
     pvName: string,
     hostPath: string,
+    accessMode: string,
+    claim: { namespace: pulumi.Input<string>; name: string },
+): k8s.core.v1.PersistentVolumeArgs {
+    return boundVolume(pvName, { hostPath: { path: hostPath, type: "Directory" } }, accessMode, claim);
+}
+
+/** A PV with Retain, no storage class (never a provisioner's), `source` as its data, pre-bound to one claim. */
+export function boundVolume(
+    pvName: string,
+    source: VolumeSource,
     accessMode: string,
     claim: { namespace: pulumi.Input<string>; name: string },
 ): k8s.core.v1.PersistentVolumeArgs {
@@ -51,7 +73,7 @@ export function hostPathVolume(
             persistentVolumeReclaimPolicy: "Retain",
             storageClassName: "",
             volumeMode: "Filesystem",
-            hostPath: { path: hostPath, type: "Directory" },
+            ...source,
             claimRef: { namespace: claim.namespace, name: claim.name },
         },
     };
@@ -81,27 +103,34 @@ export class SharedStorage extends pulumi.ComponentResource {
     readonly dataClaim: pulumi.Output<string>;
     /** Claim `mlops-models` in mlops-serving (serving, read-only). */
     readonly modelsClaim: pulumi.Output<string>;
-    readonly prepare: command.local.Command;
+    /** The host preparation (hostPath only; undefined with NFS). */
+    readonly prepare?: command.local.Command;
 
     constructor(name: string, args: SharedStorageArgs, opts?: pulumi.ComponentResourceOptions) {
         super("ops-demo:storage:SharedStorage", name, {}, opts);
-        this.prepare = new command.local.Command(
-            `${name}-prepare`,
-            { create: args.rootShell(prepareScript(args.storageDir)), interpreter: BASH, triggers: [args.storageDir] },
-            { parent: this, dependsOn: args.prepareAfter },
-        );
-        const after = { parent: this, dependsOn: [this.prepare], deleteBeforeReplace: true };
+        if (args.nfs === undefined) {
+            this.prepare = new command.local.Command(
+                `${name}-prepare`,
+                { create: args.rootShell(prepareScript(args.storageDir)), interpreter: BASH, triggers: [args.storageDir] },
+                { parent: this, dependsOn: args.prepareAfter },
+            );
+        }
+        const after = { parent: this, dependsOn: this.prepare ? [this.prepare] : [], deleteBeforeReplace: true };
+        const nfs = args.nfs;
+        const dataSource: VolumeSource = nfs
+            ? { nfs: { server: nfs.server, path: nfs.path } }
+            : { hostPath: { path: args.storageDir, type: "Directory" } };
+        const modelsSource: VolumeSource = nfs
+            ? { nfs: { server: nfs.server, path: `${nfs.path.replace(/\/+$/, "")}/models`, readOnly: true } }
+            : { hostPath: { path: `${args.storageDir}/models`, type: "Directory" } };
         const dataPv = new k8s.core.v1.PersistentVolume(
             `${name}-data-pv`,
-            hostPathVolume(DATA_PV, args.storageDir, "ReadWriteMany", { namespace: args.trainingNamespace, name: DATA_CLAIM }),
+            boundVolume(DATA_PV, dataSource, "ReadWriteMany", { namespace: args.trainingNamespace, name: DATA_CLAIM }),
             after,
         );
         const modelsPv = new k8s.core.v1.PersistentVolume(
             `${name}-models-pv`,
-            hostPathVolume(MODELS_PV, `${args.storageDir}/models`, "ReadOnlyMany", {
-                namespace: args.servingNamespace,
-                name: MODELS_CLAIM,
-            }),
+            boundVolume(MODELS_PV, modelsSource, "ReadOnlyMany", { namespace: args.servingNamespace, name: MODELS_CLAIM }),
             after,
         );
         // The kubernetes provider waits for a claim to be Bound; pre-binding makes that immediate.

@@ -31,6 +31,18 @@ export const VARIANTS: readonly Variant[] = [
         stack: "k3s",
         set: { imageLoader: "registry", registry: "registry.example.com/team", registryUsername: "ci", registryPassword: "lint-only" },
     },
+    {
+        name: "k3s-multinode",
+        stack: "k3s",
+        set: {
+            imageLoader: "registry",
+            registry: "registry.example.com/team",
+            nfsServer: "nfs.example.com",
+            nfsPath: "/export/mlops",
+            mlflowBackendUri: "postgresql://mlflow:lint-only@db.example.com:5432/mlflow",
+            autoscalingMaxReplicas: "20",
+        },
+    },
 ];
 
 /** The Kubernetes version kube-score checks API versions against: the k3s of the stacks (v1.31). */

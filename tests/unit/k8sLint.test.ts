@@ -71,7 +71,7 @@ describe("the Kubernetes lint (scripts/lint-k8s)", () => {
         const stacks = new Set(VARIANTS.map((v) => v.stack));
         assert.deepStrictEqual([...stacks].sort(), ["dev", "k3s"]);
         const options = VARIANTS.flatMap((v) => Object.keys(v.set));
-        for (const key of ["autoscaling", "serviceMonitor", "grafanaDashboard", "trainingGpus", "imageLoader"]) {
+        for (const key of ["autoscaling", "serviceMonitor", "grafanaDashboard", "trainingGpus", "imageLoader", "nfsServer", "mlflowBackendUri"]) {
             assert.ok(options.includes(key), `no variant sets ${key}`);
         }
         const pkg = JSON.parse(fs.readFileSync(path.join(ROOT, "package.json"), "utf8"));

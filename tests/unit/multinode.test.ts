@@ -117,3 +117,89 @@ describe("imageLoader=registry", () => {
         assert.deepStrictEqual(JSON.parse(dockerConfigJson("r.example", "u", "p")), { auths: { "r.example": { username: "u", password: "p", auth: "dTpw" } } });
     });
 });
+
+describe("shared storage on NFS (nfsServer, nfsPath)", () => {
+    const NFS = { nfsServer: "nfs.example.com", nfsPath: "/export/mlops/" };
+
+    it("declares the two volumes on the export and its models directory, bound as before, with no host preparation", async () => {
+        const run = await load("k3s", NFS);
+        const pv = (name: string) => inputs(findResource(run.resources, "kubernetes:core/v1:PersistentVolume", name));
+        const data = pv("storage-data-pv");
+        const models = pv("storage-models-pv");
+        assert.deepStrictEqual(data.spec.nfs, { server: "nfs.example.com", path: "/export/mlops/" });
+        assert.deepStrictEqual(models.spec.nfs, { server: "nfs.example.com", path: "/export/mlops/models", readOnly: true });
+        for (const v of [data, models]) {
+            assert.strictEqual(v.spec.hostPath, undefined);
+            assert.strictEqual(v.spec.persistentVolumeReclaimPolicy, "Retain");
+            assert.strictEqual(v.spec.storageClassName, "");
+        }
+        assert.deepStrictEqual(data.spec.accessModes, ["ReadWriteMany"]);
+        assert.deepStrictEqual(models.spec.accessModes, ["ReadOnlyMany"]);
+        assert.deepStrictEqual(data.spec.claimRef, { namespace: "mlops-training", name: "mlops-data" });
+        assert.deepStrictEqual(models.spec.claimRef, { namespace: "mlops-serving", name: "mlops-models" });
+        assert.strictEqual(ofType(run.resources, K.cmd).filter((c) => c.name === "storage-prepare").length, 0, "nothing chowns a remote export");
+        const claims = ofType(run.resources, "kubernetes:core/v1:PersistentVolumeClaim").map(inputs);
+        assert.deepStrictEqual(claims.map((c) => [c.metadata.namespace, c.metadata.name, c.spec.volumeName]).sort(), [
+            ["mlops-serving", "mlops-models", "mlops-models-pv"],
+            ["mlops-training", "mlops-data", "mlops-data-pv"],
+        ]);
+    });
+
+    it("without nfsServer: hostPath volumes and the storage preparation, as on one node", async () => {
+        const run = await load("k3s");
+        assert.ok(inputs(findResource(run.resources, "kubernetes:core/v1:PersistentVolume", "storage-data-pv")).spec.hostPath);
+        assert.strictEqual(ofType(run.resources, K.cmd).filter((c) => c.name === "storage-prepare").length, 1);
+    });
+
+    it("rejects one key without the other, a relative or root export path and a malformed server", () => {
+        assert.deepStrictEqual(problems({ nfsServer: "nfs.example.com" }), [
+            'ops-demo:nfsPath = "": must be set when nfsServer is: the export\'s directory for this stack, not / (e.g. /export/mlops)',
+        ]);
+        assert.match(problems({ nfsPath: "/export/mlops" })[0], /ops-demo:nfsServer = "": must be set when nfsPath is/);
+        assert.match(problems({ nfsServer: "nfs.example.com", nfsPath: "export/mlops" })[0], /ops-demo:nfsPath = "export\/mlops": must be empty or the absolute path/);
+        assert.match(problems({ nfsServer: "nfs.example.com", nfsPath: "/" })[0], /ops-demo:nfsPath = "\/": must be set when nfsServer is/);
+        assert.match(problems({ nfsServer: "nfs://x", nfsPath: "/e" })[0], /ops-demo:nfsServer = "nfs:\/\/x": must be empty .* host name or IP address/);
+    });
+});
+
+describe("MLflow on PostgreSQL (mlflowBackendUri)", () => {
+    const URI = "postgresql://mlflow:pa55@db.example.com:5432/mlflow?sslmode=require";
+
+    it("puts the URI in a Secret, hands it to the server as MLFLOW_BACKEND_STORE_URI, never on the command line", async () => {
+        const run = await load("k3s", { mlflowBackendUri: URI });
+        const secret = inputs(findResource(run.resources, K.secret, "mlflow-backend"));
+        assert.strictEqual(secret.metadata.name, "mlflow-backend");
+        assert.strictEqual(secret.metadata.namespace, "mlops-training");
+        assert.deepStrictEqual(secret.stringData, { uri: URI });
+        const d = inputs(findResource(run.resources, K.deploy, "mlflow-deployment"));
+        const c = d.spec.template.spec.containers[0];
+        assert.ok(!c.command.includes("--backend-store-uri"), c.command.join(" "));
+        assert.ok(!JSON.stringify(c.command).includes("pa55"));
+        assert.deepStrictEqual(c.env.find((e: any) => e.name === "MLFLOW_BACKEND_STORE_URI"), {
+            name: "MLFLOW_BACKEND_STORE_URI",
+            valueFrom: { secretKeyRef: { name: "mlflow-backend", key: "uri" } },
+        });
+        assert.ok(c.command.includes("--artifacts-destination"), "artifacts stay on the shared volume");
+        const state = run.registered.find((r) => r.type === K.secret)!.state as any;
+        assert.ok(JSON.stringify(state.stringData).includes("4dabf18193072939515e22adb298388d"), "the URI is a Pulumi secret in the state");
+    });
+
+    it("rolls MLflow without a gap on PostgreSQL; keeps Recreate on SQLite", async () => {
+        const pg = inputs(findResource((await load("k3s", { mlflowBackendUri: URI })).resources, K.deploy, "mlflow-deployment"));
+        assert.deepStrictEqual(pg.spec.strategy, { type: "RollingUpdate", rollingUpdate: { maxUnavailable: 0, maxSurge: 1 } });
+        const sqlite = await load("k3s");
+        const d = inputs(findResource(sqlite.resources, K.deploy, "mlflow-deployment"));
+        assert.deepStrictEqual(d.spec.strategy, { type: "Recreate" });
+        assert.ok(d.spec.template.spec.containers[0].command.includes("sqlite:////data/mlflow/mlflow.db"));
+        assert.strictEqual(ofType(sqlite.resources, K.secret).length, 0);
+    });
+
+    it("rejects other databases and malformed URIs without printing them", () => {
+        const p1 = problems({ mlflowBackendUri: "mysql://u:secretpw@h/db" });
+        assert.match(p1[0], /ops-demo:mlflowBackendUri = "\[secret mysql:\/\/\.\.\.\]": must be empty .* or postgresql:\/\/USER:PASSWORD@HOST\[:PORT\]\/DATABASE/);
+        assert.ok(!p1[0].includes("secretpw"));
+        assert.match(problems({ mlflowBackendUri: "postgresql://u:secretpw@h" })[0], /"\[secret postgresql:\/\/\.\.\.\]"/);
+        assert.match(problems({ mlflowBackendUri: "db.example.com" })[0], /ops-demo:mlflowBackendUri = "\[secret\]"/);
+        assert.strictEqual(loadConfig((k) => ({ mlflowBackendUri: "postgresql+psycopg://u:p@h:5432/db" } as Record<string, string>)[k], "/h", false).mlflowBackendUri, "postgresql+psycopg://u:p@h:5432/db");
+    });
+});
