@@ -45,6 +45,18 @@ describe("every Kubernetes object validates against the Kubernetes OpenAPI schem
         ["k3s", { experiments: JSON.stringify(["runName=a", "runName=Optimized Run #3,nEstimators=300,maxDepth=15"]), imageLoader: "none" }],
         ["k3s", { serviceMonitor: "true", grafanaDashboard: "true", trainingGpus: "1" }],
         ["dev", { autoscaling: "false" }],
+        [
+            "k3s",
+            {
+                imageLoader: "registry",
+                registry: "registry.example.com/team",
+                registryUsername: "ci",
+                registryPassword: "pw",
+                nfsServer: "nfs.example.com",
+                nfsPath: "/export/mlops",
+                mlflowBackendUri: "postgresql://u:p@db.example.com:5432/mlflow",
+            },
+        ],
     ];
     for (const [stack, set] of variants) {
         it(`stack ${stack} ${JSON.stringify(set)}`, async () => {
