@@ -81,6 +81,7 @@ const mlflow = new MlflowServer(
         dataClaim: storage.dataClaim,
         nodePort: cfg.cluster === "embedded" ? MLFLOW_NODE_PORT : undefined,
         backendUri: cfg.mlflowBackendUri === undefined ? undefined : pulumi.secret(cfg.mlflowBackendUri),
+        metrics: cfg.mlflowMetrics,
     },
     { ...k8sOpts, dependsOn: imported.commands },
 );

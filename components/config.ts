@@ -83,6 +83,8 @@ export interface StackConfig {
     readonly mlflowHostPort: number;
     /** The serving HPA; undefined when `autoscaling` is false (the Deployment then has `servingReplicas`). */
     readonly autoscaling?: AutoscalingConfig;
+    /** MLflow exposes Prometheus metrics (--expose-prometheus) and its pod carries the scrape annotations. */
+    readonly mlflowMetrics: boolean;
     /** Declare a ServiceMonitor (monitoring.coreos.com/v1) for the serving metrics. */
     readonly serviceMonitor: boolean;
     /** Declare the Grafana dashboard as a ConfigMap labelled grafana_dashboard="1". */
@@ -137,6 +139,7 @@ export const DEFAULTS = {
     autoscalingMinReplicas: 2,
     autoscalingMaxReplicas: 10,
     autoscalingTargetCpu: 70,
+    mlflowMetrics: false,
     serviceMonitor: false,
     grafanaDashboard: false,
     trainingGpus: 0,
@@ -542,6 +545,7 @@ export function loadConfig(raw: RawConfig = pulumiRaw(), home: string = os.homed
         nfs: readNfs(r),
         registry: readRegistry(r, imageLoader),
         mlflowBackendUri: readBackendUri(r),
+        mlflowMetrics: r.bool("mlflowMetrics"),
         serviceMonitor: r.bool("serviceMonitor"),
         grafanaDashboard: r.bool("grafanaDashboard"),
         trainingGpus: r.int("trainingGpus", LIMITS.trainingGpus.min, LIMITS.trainingGpus.max),

@@ -1,7 +1,7 @@
 /** The MLflow tracking server: Deployment `mlflow-server` + Service `mlflow-service:5000` in mlops-training. */
 import * as k8s from "@pulumi/kubernetes";
 import * as pulumi from "@pulumi/pulumi";
-import { COMMON_LABELS, containerSecurityContext, podSecurityContext, TMP_MOUNT, TMP_VOLUME } from "./common";
+import { COMMON_LABELS, containerSecurityContext, podSecurityContext, prometheusAnnotations, TMP_MOUNT, TMP_VOLUME } from "./common";
 import { TRAINING_NAMESPACE } from "./namespaces";
 
 export const MLFLOW_DEPLOYMENT = "mlflow-server";
@@ -11,8 +11,16 @@ export const MLFLOW_PORT = 5000;
 /** In-cluster tracking URI (cross-namespace DNS, as the guide's troubleshooting says). */
 export const TRACKING_URI = `http://${MLFLOW_SERVICE}.${TRAINING_NAMESPACE}.svc.cluster.local:${MLFLOW_PORT}`;
 
-/** Host headers the server accepts (docs/interfaces.md): the Service's DNS names and loopback (port-forward). */
-export function mlflowAllowedHosts(): string {
+/** The pod's IP as a variable of the container (Kubernetes expands `$(POD_IP)` in the command). */
+export const POD_IP_ENV = "POD_IP";
+/** Where the Prometheus exporter keeps its multiprocess files: on the writable /tmp emptyDir. */
+export const METRICS_DIR = "/tmp/mlflow-metrics";
+
+/**
+ * Host headers the server accepts (docs/interfaces.md): the Service's DNS names and loopback
+ * (port-forward); with metrics also the pod's own `<IP>:5000`, the Host a Prometheus scrape sends.
+ */
+export function mlflowAllowedHosts(metrics = false): string {
     const fqdn = `${MLFLOW_SERVICE}.${TRAINING_NAMESPACE}`;
     return [
         `${fqdn}.svc.cluster.local:${MLFLOW_PORT}`,
@@ -24,6 +32,7 @@ export function mlflowAllowedHosts(): string {
         "127.0.0.1:*",
         "localhost",
         "127.0.0.1",
+        ...(metrics ? [`$(${POD_IP_ENV}):${MLFLOW_PORT}`] : []),
     ].join(",");
 }
 
@@ -37,7 +46,7 @@ export const BACKEND_ENV = "MLFLOW_BACKEND_STORE_URI";
  * command line (it holds a password): the server reads it from MLFLOW_BACKEND_STORE_URI, which
  * comes from a Secret.
  */
-export function mlflowCommand(externalBackend = false): string[] {
+export function mlflowCommand(externalBackend = false, metrics = false): string[] {
     return [
         "mlflow",
         "server",
@@ -52,7 +61,8 @@ export function mlflowCommand(externalBackend = false): string[] {
         "/data/mlflow/artifacts",
         "--serve-artifacts",
         "--allowed-hosts",
-        mlflowAllowedHosts(),
+        mlflowAllowedHosts(metrics),
+        ...(metrics ? ["--expose-prometheus", METRICS_DIR] : []),
     ];
 }
 
@@ -72,6 +82,8 @@ export interface MlflowServerArgs {
     readonly backendUri?: pulumi.Input<string>;
     /** Name of the Secret holding `backendUri` (set by MlflowServer when there is one). */
     readonly backendSecret?: pulumi.Input<string>;
+    /** Expose Prometheus metrics on /metrics (mlflow server --expose-prometheus) and annotate the pod for scraping. */
+    readonly metrics?: boolean;
 }
 
 const labels = { app: MLFLOW_DEPLOYMENT };
@@ -83,6 +95,7 @@ const labels = { app: MLFLOW_DEPLOYMENT };
  */
 export function mlflowDeployment(args: MlflowServerArgs): k8s.apps.v1.DeploymentArgs {
     const external = args.backendSecret !== undefined;
+    const metrics = args.metrics === true;
     return {
         metadata: { name: MLFLOW_DEPLOYMENT, namespace: args.namespace, labels: { ...COMMON_LABELS, ...labels } },
         spec: {
@@ -90,7 +103,10 @@ export function mlflowDeployment(args: MlflowServerArgs): k8s.apps.v1.Deployment
             strategy: external ? { type: "RollingUpdate", rollingUpdate: { maxUnavailable: 0, maxSurge: 1 } } : { type: "Recreate" },
             selector: { matchLabels: labels },
             template: {
-                metadata: { labels: { ...COMMON_LABELS, ...labels } },
+                metadata: {
+                    labels: { ...COMMON_LABELS, ...labels },
+                    ...(metrics ? { annotations: prometheusAnnotations(MLFLOW_PORT, "/metrics") } : {}),
+                },
                 spec: {
                     securityContext: podSecurityContext(),
                     ...(args.imagePullSecret === undefined ? {} : { imagePullSecrets: [{ name: args.imagePullSecret }] }),
@@ -99,11 +115,12 @@ export function mlflowDeployment(args: MlflowServerArgs): k8s.apps.v1.Deployment
                             name: "mlflow",
                             image: args.image,
                             imagePullPolicy: args.imagePullPolicy,
-                            command: mlflowCommand(external),
+                            command: mlflowCommand(external, metrics),
                             // MLflow 3.x otherwise starts a job runner (7 huey consumers, ~230 MiB
                             // each) and the pod is OOM-killed at its limit (docs/interfaces.md).
                             env: [
                                 { name: "MLFLOW_SERVER_ENABLE_JOB_EXECUTION", value: "false" },
+                                ...(metrics ? [{ name: POD_IP_ENV, valueFrom: { fieldRef: { fieldPath: "status.podIP" } } }] : []),
                                 ...(external ? [{ name: BACKEND_ENV, valueFrom: { secretKeyRef: { name: args.backendSecret!, key: "uri" } } }] : []),
                             ],
                             ports: [{ name: "http", containerPort: MLFLOW_PORT }],

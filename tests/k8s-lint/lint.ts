@@ -25,7 +25,7 @@ export const VARIANTS: readonly Variant[] = [
     { name: "k3s", stack: "k3s", set: {} },
     { name: "dev", stack: "dev", set: {} },
     { name: "k3s-no-autoscaling", stack: "k3s", set: { autoscaling: "false" } },
-    { name: "k3s-monitoring-gpu", stack: "k3s", set: { serviceMonitor: "true", grafanaDashboard: "true", trainingGpus: "1" } },
+    { name: "k3s-monitoring-gpu", stack: "k3s", set: { serviceMonitor: "true", grafanaDashboard: "true", mlflowMetrics: "true", trainingGpus: "1" } },
     {
         name: "k3s-registry",
         stack: "k3s",

@@ -89,6 +89,34 @@ describe("Prometheus and Grafana", () => {
         assert.ok(d.spec.template.spec.containers[0].ports.some((p: any) => p.containerPort === 8000));
     });
 
+    it("mlflowMetrics off (default): MLflow has no exporter, no scrape annotations, the documented allowed hosts", async () => {
+        const run = await load("k3s");
+        const d = inputs(findResource(run.resources, DEPLOY, "mlflow-deployment"));
+        const c = d.spec.template.spec.containers[0];
+        assert.strictEqual(d.spec.template.metadata.annotations, undefined);
+        assert.ok(!c.command.includes("--expose-prometheus"));
+        assert.ok(!c.env.some((e: any) => e.name === "POD_IP"));
+        assert.ok(!c.command[c.command.indexOf("--allowed-hosts") + 1].includes("POD_IP"));
+    });
+
+    it("mlflowMetrics=true: --expose-prometheus on the writable /tmp, the pod's own IP:5000 allowed, scrape annotations", async () => {
+        const run = await load("k3s", { mlflowMetrics: "true" });
+        const d = inputs(findResource(run.resources, DEPLOY, "mlflow-deployment"));
+        const c = d.spec.template.spec.containers[0];
+        const dir = c.command[c.command.indexOf("--expose-prometheus") + 1];
+        assert.strictEqual(dir, "/tmp/mlflow-metrics");
+        assert.ok(c.volumeMounts.some((m: any) => m.mountPath === "/tmp" && d.spec.template.spec.volumes.find((v: any) => v.name === m.name).emptyDir), "the dir is on an emptyDir");
+        assert.deepStrictEqual(c.env.find((e: any) => e.name === "POD_IP"), { name: "POD_IP", valueFrom: { fieldRef: { fieldPath: "status.podIP" } } });
+        const hosts = c.command[c.command.indexOf("--allowed-hosts") + 1].split(",");
+        assert.ok(hosts.includes("$(POD_IP):5000"), hosts.join(","));
+        assert.ok(hosts.includes("mlflow-service.mlops-training.svc.cluster.local:5000"));
+        assert.deepStrictEqual(d.spec.template.metadata.annotations, {
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": "5000",
+            "prometheus.io/path": "/metrics",
+        });
+    });
+
     it("declares no ServiceMonitor and no dashboard ConfigMap by default (no CRD, no Grafana assumed)", async () => {
         for (const stack of ["k3s", "dev"]) {
             const run = await load(stack);

@@ -113,11 +113,14 @@ def stop_process_group(proc: subprocess.Popen) -> None:
 
 
 @contextmanager
-def running_mlflow_server(data_dir: Path, port: int | None = None) -> Iterator[tuple[MlflowServer, subprocess.Popen]]:
-    """Start the documented server command on loopback with its data in data_dir; stop it on exit."""
+def running_mlflow_server(
+    data_dir: Path, port: int | None = None, edit_argv=lambda argv: argv
+) -> Iterator[tuple[MlflowServer, subprocess.Popen]]:
+    """Start the documented server command on loopback with its data in data_dir; stop it on exit.
+    `edit_argv` may change the localized command first (options the stack adds, e.g. metrics)."""
     (data_dir / "mlflow").mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    argv = localize_command(documented_server_command(), data_dir, port)
+    argv = edit_argv(localize_command(documented_server_command(), data_dir, port))
     log_path = data_dir / f"mlflow-server-{port}.log"
     env = {**os.environ, **QUIET_ENV, "HOME": str(data_dir)}
     with open(log_path, "ab") as log:
