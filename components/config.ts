@@ -554,6 +554,13 @@ export function loadConfig(raw: RawConfig = pulumiRaw(), home: string = os.homed
             describe: 'must be empty (the node\'s default runtime) or a RuntimeClass name of lowercase letters, digits, - and . (default "nvidia")',
         }),
     };
+    if (cfg.autoscaling !== undefined && cfg.servingReplicas === 0) {
+        r.fail(
+            "servingReplicas",
+            0,
+            `cannot stop serving while autoscaling is on (the HPA keeps at least autoscalingMinReplicas = ${cfg.autoscaling.minReplicas}); set autoscaling false first`,
+        );
+    }
     if (cluster === "embedded") {
         const ports = { apiPort: cfg.apiPort, servingHostPort: cfg.servingHostPort, mlflowHostPort: cfg.mlflowHostPort };
         const entries = Object.entries(ports);

@@ -74,6 +74,10 @@ describe("autoscaling (HorizontalPodAutoscaler of iris-serving)", () => {
         assert.match(problems({ autoscalingMinReplicas: "0" })[0], /ops-demo:autoscalingMinReplicas = "0": must be a whole number from 1 to 50/);
         assert.match(problems({ autoscalingMaxReplicas: "ten" })[0], /ops-demo:autoscalingMaxReplicas = "ten": must be a whole number from 1 to 100/);
         assert.match(problems({ autoscaling: "yes" })[0], /ops-demo:autoscaling = "yes": must be true or false/);
+        assert.deepStrictEqual(problems({ autoscaling: "true", servingReplicas: "0" }), [
+            "ops-demo:servingReplicas = 0: cannot stop serving while autoscaling is on (the HPA keeps at least autoscalingMinReplicas = 2); set autoscaling false first",
+        ]);
+        assert.strictEqual(loadConfig((k) => ({ autoscaling: "false", servingReplicas: "0" } as Record<string, string>)[k], "/h", false).servingReplicas, 0);
     });
 });
 
