@@ -175,6 +175,8 @@ def read_forest(version_dir: Path, sha256: str) -> Forest:
         return Forest.load(io.BytesIO(data))
     except ForestFormatError as exc:
         raise ModelError(f"{path} could not be loaded: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - arrays of unexpected shapes make numpy raise anything
+        raise ModelError(f"{path} could not be loaded: {exc!r}") from exc
 
 
 def check_model(forest: Forest, meta: dict, version_dir: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -108,6 +108,10 @@ def loop_to_root(d):
     rewrite_npz(d, change)
 
 
+def vector_for_a_scalar(d):
+    rewrite_npz(d, lambda a: {**a, "n_features": np.array([4, 4])})
+
+
 def too_shallow(d):
     rewrite_npz(d, lambda a: {**a, "max_depth": a["max_depth"] - 1})
 
@@ -131,6 +135,7 @@ DAMAGES = {
     "child-out-of-range": (child_out_of_range, "indexes outside"),
     "node-loops-to-root": (loop_to_root, "do not form trees"),
     "depth-understated": (too_shallow, "deeper than max_depth"),
+    "vector-for-a-scalar": (vector_for_a_scalar, "could not be loaded"),
 }
 
 
