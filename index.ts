@@ -8,7 +8,8 @@ import { Images } from "./components/images";
 import { ImageImport } from "./components/imageImport";
 import { Namespaces, SERVING_NAMESPACE, TRAINING_NAMESPACE } from "./components/namespaces";
 import { SharedStorage } from "./components/storage";
-import { MLFLOW_PORT, MLFLOW_SERVICE, MlflowServer } from "./components/mlflow";
+import { MLFLOW_PORT, MLFLOW_SERVICE, MlflowServer, trackingAuthEnv } from "./components/mlflow";
+import { NetworkPolicies, postgresPort } from "./components/networkPolicies";
 import { SERVING_SERVICE, ServingApi } from "./components/serving";
 import { Monitoring } from "./components/monitoring";
 import { RegistryPullSecrets } from "./components/registry";
@@ -59,6 +60,20 @@ const pullSecrets =
               k8sOpts,
           ).names
         : {};
+if (cfg.networkPolicies) {
+    new NetworkPolicies(
+        "network-policies",
+        {
+            trainingNamespace: namespaces.training,
+            servingNamespace: namespaces.serving,
+            // the dev stack publishes MLflow on 127.0.0.1 through a NodePort: its traffic comes from the node
+            mlflowFromAnywhere: cfg.cluster === "embedded",
+            mlflowMetrics: cfg.mlflowMetrics,
+            mlflowBackendPort: cfg.mlflowBackendUri === undefined ? undefined : postgresPort(cfg.mlflowBackendUri),
+        },
+        k8sOpts,
+    );
+}
 const storage = new SharedStorage(
     "storage",
     {
@@ -82,6 +97,8 @@ const mlflow = new MlflowServer(
         nodePort: cfg.cluster === "embedded" ? MLFLOW_NODE_PORT : undefined,
         backendUri: cfg.mlflowBackendUri === undefined ? undefined : pulumi.secret(cfg.mlflowBackendUri),
         metrics: cfg.mlflowMetrics,
+        resources: cfg.resources.mlflow,
+        auth: cfg.mlflowAuth,
     },
     { ...k8sOpts, dependsOn: imported.commands },
 );
@@ -101,6 +118,8 @@ const training = new TrainingRuns(
         timeoutMinutes: cfg.trainingTimeoutMinutes,
         gpus: cfg.trainingGpus,
         gpuRuntimeClass: cfg.gpuRuntimeClass,
+        resources: cfg.resources.training,
+        trackingAuthEnv: cfg.mlflowAuth ? trackingAuthEnv() : [],
     },
     { ...k8sOpts, dependsOn: [mlflow, ...imported.commands] },
 );
@@ -114,6 +133,7 @@ const serving = new ServingApi(
         modelsClaim: storage.modelsClaim,
         replicas: cfg.servingReplicas,
         autoscaling: cfg.autoscaling,
+        resources: cfg.resources.serving,
     },
     { ...k8sOpts, dependsOn: [...training.waits, ...imported.commands] },
 );

@@ -1,6 +1,6 @@
 /** Pieces shared by the Kubernetes components: labels, security context, image pull policy. */
 import * as k8s from "@pulumi/kubernetes";
-import { ImageLoader } from "./config";
+import { ContainerResources, ImageLoader } from "./config";
 
 /** The user and group both images run as (docs/interfaces.md). */
 export const APP_UID = 10001;
@@ -51,4 +51,9 @@ export const TMP_MOUNT = { name: "tmp", mountPath: "/tmp" };
  */
 export function imagePullPolicy(loader: ImageLoader): "Never" | "IfNotPresent" {
     return loader === "none" || loader === "registry" ? "IfNotPresent" : "Never";
+}
+
+/** A container's `resources` from the stack's validated requests and limits (`extraLimits`: e.g. nvidia.com/gpu). */
+export function resourceRequirements(r: ContainerResources, extraLimits: Record<string, string> = {}): k8s.types.input.core.v1.ResourceRequirements {
+    return { requests: { ...r.requests }, limits: { ...r.limits, ...extraLimits } };
 }

@@ -39,6 +39,24 @@ export interface AutoscalingConfig {
     readonly targetCpuPercent: number;
 }
 
+/** CPU and memory requests and limits of one workload's container (Kubernetes quantities). */
+export interface ContainerResources {
+    readonly requests: { readonly cpu: string; readonly memory: string };
+    readonly limits: { readonly cpu: string; readonly memory: string };
+}
+
+/** The workloads whose resources are set per stack. */
+export const RESOURCE_WORKLOADS = ["mlflow", "training", "serving"] as const;
+export type ResourceWorkload = (typeof RESOURCE_WORKLOADS)[number];
+
+/** Optional basic authentication of the MLflow server (`mlflow server --app-name basic-auth`). */
+export interface MlflowAuthConfig {
+    /** The admin user the server bootstraps and the training Jobs log in as. */
+    readonly username: string;
+    /** Its password, a Pulumi secret (stays encrypted in the state). */
+    readonly password: pulumi.Output<string>;
+}
+
 /** The validated configuration of one stack. */
 export interface StackConfig {
     /** Trees of the single run (ignored when `experiments` is set). */
@@ -99,6 +117,12 @@ export interface StackConfig {
     readonly registry?: RegistryConfig;
     /** MLflow's backend store on PostgreSQL (a secret value); undefined: SQLite on the shared volume. */
     readonly mlflowBackendUri?: string;
+    /** Default-deny NetworkPolicies in both namespaces plus the allow rules the environment needs. */
+    readonly networkPolicies: boolean;
+    /** Basic authentication of MLflow; undefined when `mlflowAuth` is false. */
+    readonly mlflowAuth?: MlflowAuthConfig;
+    /** Requests and limits of each workload's container. */
+    readonly resources: Readonly<Record<ResourceWorkload, ContainerResources>>;
 }
 
 /** An image registry the stack pushes to and the cluster pulls from (imageLoader=registry). */
@@ -150,13 +174,28 @@ export const DEFAULTS = {
     registryUsername: "",
     registryPassword: "",
     mlflowBackendUri: "",
+    networkPolicies: true,
+    mlflowAuth: false,
+    mlflowUsername: "admin",
+    mlflowPassword: "",
+    mlflowCpuRequest: "250m",
+    mlflowCpuLimit: "1",
+    mlflowMemoryRequest: "512Mi",
+    mlflowMemoryLimit: "1536Mi",
+    trainingCpuRequest: "500m",
+    trainingCpuLimit: "2",
+    trainingMemoryRequest: "512Mi",
+    trainingMemoryLimit: "2Gi",
+    servingCpuRequest: "100m",
+    servingCpuLimit: "500m",
+    servingMemoryRequest: "256Mi",
+    servingMemoryLimit: "512Mi",
 } as const;
 
 export const CONFIG_KEYS = Object.keys(DEFAULTS) as ConfigKey[];
 
 /** Keys whose values are Pulumi secrets (`pulumi config set --secret`). */
-export const SECRET_KEYS: readonly ConfigKey[] = ["registryPassword", "mlflowBackendUri"];
-
+export const SECRET_KEYS: readonly ConfigKey[] = ["registryPassword", "mlflowBackendUri", "mlflowPassword"];
 
 /** A configuration error: the message names the key, the value and what is allowed. */
 export class ConfigError extends pulumi.RunError {
@@ -283,7 +322,91 @@ export const LIMITS = {
     autoscalingMaxReplicas: { min: 1, max: 100 },
     autoscalingTargetCpu: { min: 1, max: 100 },
     trainingGpus: { min: 0, max: 16 },
+    /** MLflow's own password policy (mlflow.utils.validation._validate_password). */
+    mlflowPasswordMinLength: 12,
 } as const;
+
+/** CPU quantities: whole or decimal cores ("1", "0.5") or millicores ("500m"). */
+const CPU_QUANTITY = /^(\d+(\.\d+)?|\d+m)$/;
+/** Memory quantities: bytes with an optional binary (Ki..Ti) or decimal (k..T) suffix ("512Mi", "2Gi", "1G"). */
+const MEMORY_QUANTITY = /^\d+(\.\d+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$/;
+const MEMORY_UNITS: Record<string, number> = { "": 1, Ki: 2 ** 10, Mi: 2 ** 20, Gi: 2 ** 30, Ti: 2 ** 40, k: 1e3, M: 1e6, G: 1e9, T: 1e12 };
+
+/** A CPU quantity in cores; undefined when it is not one CPU_QUANTITY accepts. */
+export function cpuCores(q: string): number | undefined {
+    if (!CPU_QUANTITY.test(q)) {
+        return undefined;
+    }
+    return q.endsWith("m") ? Number(q.slice(0, -1)) / 1000 : Number(q);
+}
+
+/** A memory quantity in bytes; undefined when it is not one MEMORY_QUANTITY accepts. */
+export function memoryBytes(q: string): number | undefined {
+    const m = MEMORY_QUANTITY.exec(q);
+    return m ? Number(q.slice(0, q.length - (m[2] ?? "").length)) * MEMORY_UNITS[m[2] ?? ""] : undefined;
+}
+
+/**
+ * The four resource keys of each workload (`<workload>{Cpu,Memory}{Request,Limit}`): valid quantities,
+ * above zero, request at most the limit (the API server rejects a request above its limit).
+ */
+function readResources(r: Reader): Record<ResourceWorkload, ContainerResources> {
+    const out = {} as Record<ResourceWorkload, ContainerResources>;
+    for (const w of RESOURCE_WORKLOADS) {
+        const q = (kind: "Cpu" | "Memory", which: "Request" | "Limit") => {
+            const key = `${w}${kind}${which}` as ConfigKey;
+            const describe =
+                kind === "Cpu"
+                    ? `must be a CPU quantity above 0: cores ("1", "0.5") or millicores ("500m") (default ${show(DEFAULTS[key])})`
+                    : `must be a memory quantity above 0: a number with Ki, Mi, Gi, Ti, k, M, G or T ("512Mi", "2Gi") (default ${show(DEFAULTS[key])})`;
+            const v = r.str(key, { nonEmpty: true });
+            const n = kind === "Cpu" ? cpuCores(v) : memoryBytes(v);
+            if (n === undefined || n <= 0) {
+                r.fail(key, v, describe);
+                return { value: DEFAULTS[key] as string, n: undefined };
+            }
+            return { value: v, n };
+        };
+        const cpuReq = q("Cpu", "Request");
+        const cpuLim = q("Cpu", "Limit");
+        const memReq = q("Memory", "Request");
+        const memLim = q("Memory", "Limit");
+        for (const [kind, req, lim] of [["Cpu", cpuReq, cpuLim], ["Memory", memReq, memLim]] as const) {
+            if (req.n !== undefined && lim.n !== undefined && req.n > lim.n) {
+                r.fail(`${w}${kind}Request`, req.value, `must be at most ${w}${kind}Limit (${lim.value}): Kubernetes rejects a request above its limit`);
+            }
+        }
+        out[w] = { requests: { cpu: cpuReq.value, memory: memReq.value }, limits: { cpu: cpuLim.value, memory: memLim.value } };
+    }
+    return out;
+}
+
+/**
+ * `mlflowAuth` with its user and secret password, checked against MLflow's rules (a password of at
+ * least 12 characters, not the insecure default MLflow used to ship); undefined when off.
+ */
+function readMlflowAuth(r: Reader, raw: RawConfig): MlflowAuthConfig | undefined {
+    const on = r.bool("mlflowAuth");
+    const username = r.str("mlflowUsername", {
+        pattern: /^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$/,
+        describe: 'must be 1 to 64 letters, digits, ".", "_", "@" or "-", starting with a letter or digit (default "admin")',
+    });
+    if (!on) {
+        return undefined;
+    }
+    const password = raw("mlflowPassword") ?? "";
+    const min = LIMITS.mlflowPasswordMinLength;
+    const hidden = password === "" ? '""' : `(secret, ${password.length} characters)`;
+    const setIt = "pulumi config set --secret mlflowPassword <password>";
+    if (password === "") {
+        r.problems.push(`${PROJECT}:mlflowPassword = "": must be set when mlflowAuth is true, at least ${min} characters: ${setIt}`);
+    } else if (password.length < min || password === "password1234") {
+        r.problems.push(
+            `${PROJECT}:mlflowPassword = ${hidden}: must be at least ${min} characters and not MLflow's old default password1234 (MLflow's password policy): ${setIt}`,
+        );
+    }
+    return { username, password: pulumi.secret(password) };
+}
 
 function checkRunName(r: Reader, key: string, v: unknown): string | undefined {
     if (typeof v !== "string" || v.trim() === "") {
@@ -553,6 +676,9 @@ export function loadConfig(raw: RawConfig = pulumiRaw(), home: string = os.homed
             pattern: /^$|^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/,
             describe: 'must be empty (the node\'s default runtime) or a RuntimeClass name of lowercase letters, digits, - and . (default "nvidia")',
         }),
+        networkPolicies: r.bool("networkPolicies"),
+        mlflowAuth: readMlflowAuth(r, raw),
+        resources: readResources(r),
     };
     if (cfg.autoscaling !== undefined && cfg.servingReplicas === 0) {
         r.fail(

@@ -1,7 +1,9 @@
 /** The MLflow tracking server: Deployment `mlflow-server` + Service `mlflow-service:5000` in mlops-training. */
+import * as crypto from "crypto";
 import * as k8s from "@pulumi/kubernetes";
 import * as pulumi from "@pulumi/pulumi";
-import { COMMON_LABELS, containerSecurityContext, podSecurityContext, prometheusAnnotations, TMP_MOUNT, TMP_VOLUME } from "./common";
+import { COMMON_LABELS, containerSecurityContext, podSecurityContext, prometheusAnnotations, resourceRequirements, TMP_MOUNT, TMP_VOLUME } from "./common";
+import { ContainerResources, MlflowAuthConfig } from "./config";
 import { TRAINING_NAMESPACE } from "./namespaces";
 
 export const MLFLOW_DEPLOYMENT = "mlflow-server";
@@ -41,12 +43,91 @@ export const BACKEND_SECRET = "mlflow-backend";
 /** The server reads its backend store from this variable when the flag is absent (MLflow's CLI, click envvar). */
 export const BACKEND_ENV = "MLFLOW_BACKEND_STORE_URI";
 
+/** Kubernetes Secret with the MLflow credentials (keys AUTH_KEYS) when basic auth is on. */
+export const MLFLOW_AUTH_SECRET = "mlflow-auth";
+/** ConfigMap with basic_auth.ini (no secrets in it: the admin credentials come from the Secret's env). */
+export const MLFLOW_AUTH_CONFIGMAP = "mlflow-auth-config";
+export const MLFLOW_AUTH_DIR = "/etc/mlflow-auth";
+export const MLFLOW_AUTH_INI = "basic_auth.ini";
+/** The auth app's own user database, beside the tracking store on the shared volume. */
+export const MLFLOW_AUTH_DB = "sqlite:////data/mlflow/basic_auth.db";
+export const AUTH_KEYS = { username: "username", password: "password", flaskSecretKey: "flask-secret-key" } as const;
+
+/**
+ * basic_auth.ini of MLflow's basic-auth app (MLFLOW_AUTH_CONFIG_PATH): its user database on /data
+ * (the image's working directory is read-only), READ for users other than the admin.
+ */
+export function mlflowAuthIni(): string {
+    return [
+        "[mlflow]",
+        "default_permission = READ",
+        `database_uri = ${MLFLOW_AUTH_DB}`,
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
+        "",
+    ].join("\n");
+}
+
+/**
+ * Flask's secret key of the auth app (CSRF protection; MLflow refuses to start without one), derived
+ * from the password: as secret as the password, stable across updates, no extra config key.
+ */
+export function flaskSecretKey(password: string): string {
+    return crypto.createHmac("sha256", password).update("ops-demo mlflow flask secret key").digest("hex");
+}
+
+/**
+ * A fingerprint of the credentials for the pod template: a new password changes it, which rolls the
+ * server so the init container writes the new password into the user database (MLflow itself only
+ * uses the configured password to create the admin once). scrypt, salted and truncated: the
+ * annotation reveals nothing practical about the password.
+ */
+export function credentialsFingerprint(username: string, password: string): string {
+    return crypto.scryptSync(`${username}:${password}`, "ops-demo-mlflow-auth", 12).toString("hex");
+}
+
+/** The env of the server and of its init container: config path, admin credentials, Flask secret key. */
+export function mlflowAuthEnv(): k8s.types.input.core.v1.EnvVar[] {
+    const fromSecret = (name: string, key: string) => ({ name, valueFrom: { secretKeyRef: { name: MLFLOW_AUTH_SECRET, key } } });
+    return [
+        { name: "MLFLOW_AUTH_CONFIG_PATH", value: `${MLFLOW_AUTH_DIR}/${MLFLOW_AUTH_INI}` },
+        fromSecret("MLFLOW_AUTH_ADMIN_USERNAME", AUTH_KEYS.username),
+        fromSecret("MLFLOW_AUTH_ADMIN_PASSWORD", AUTH_KEYS.password),
+        fromSecret("MLFLOW_FLASK_SERVER_SECRET_KEY", AUTH_KEYS.flaskSecretKey),
+    ];
+}
+
+/** The env a client (training Job) needs to log in: MLflow's client reads these two variables. */
+export function trackingAuthEnv(): k8s.types.input.core.v1.EnvVar[] {
+    return [
+        { name: "MLFLOW_TRACKING_USERNAME", valueFrom: { secretKeyRef: { name: MLFLOW_AUTH_SECRET, key: AUTH_KEYS.username } } },
+        { name: "MLFLOW_TRACKING_PASSWORD", valueFrom: { secretKeyRef: { name: MLFLOW_AUTH_SECRET, key: AUTH_KEYS.password } } },
+    ];
+}
+
+/**
+ * The init container's script: creates the admin user in the auth database, or sets its password
+ * (and admin flag) to the configured one, so a changed mlflowPassword takes effect on the next rollout.
+ */
+export const SYNC_ADMIN_SCRIPT = [
+    "from mlflow.server.auth.config import read_auth_config",
+    "from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore",
+    "c = read_auth_config()",
+    "s = SqlAlchemyStore()",
+    "s.init_db(c.database_uri)",
+    "if s.has_user(c.admin_username):",
+    "    s.update_user(c.admin_username, password=c.admin_password, is_admin=True)",
+    "    print(f'mlflow auth: admin user {c.admin_username} updated')",
+    "else:",
+    "    s.create_user(c.admin_username, c.admin_password, is_admin=True)",
+    "    print(f'mlflow auth: admin user {c.admin_username} created')",
+].join("\n");
+
 /**
  * The server's command (docs/interfaces.md). With an external backend store the URI is not on the
  * command line (it holds a password): the server reads it from MLFLOW_BACKEND_STORE_URI, which
- * comes from a Secret.
+ * comes from a Secret. With `auth`, MLflow's basic-auth app.
  */
-export function mlflowCommand(externalBackend = false, metrics = false): string[] {
+export function mlflowCommand(externalBackend = false, metrics = false, auth = false): string[] {
     return [
         "mlflow",
         "server",
@@ -63,6 +144,7 @@ export function mlflowCommand(externalBackend = false, metrics = false): string[
         "--allowed-hosts",
         mlflowAllowedHosts(metrics),
         ...(metrics ? ["--expose-prometheus", METRICS_DIR] : []),
+        ...(auth ? ["--app-name", "basic-auth"] : []),
     ];
 }
 
@@ -84,6 +166,10 @@ export interface MlflowServerArgs {
     readonly backendSecret?: pulumi.Input<string>;
     /** Expose Prometheus metrics on /metrics (mlflow server --expose-prometheus) and annotate the pod for scraping. */
     readonly metrics?: boolean;
+    /** Requests and limits of the server's container (the init container of auth gets the same). */
+    readonly resources: ContainerResources;
+    /** Basic auth (`--app-name basic-auth`); undefined: open server. */
+    readonly auth?: MlflowAuthConfig;
 }
 
 const labels = { app: MLFLOW_DEPLOYMENT };
@@ -96,6 +182,32 @@ const labels = { app: MLFLOW_DEPLOYMENT };
 export function mlflowDeployment(args: MlflowServerArgs): k8s.apps.v1.DeploymentArgs {
     const external = args.backendSecret !== undefined;
     const metrics = args.metrics === true;
+    const auth = args.auth;
+    const mounts = [{ name: "data", mountPath: "/data" }, TMP_MOUNT, ...(auth ? [{ name: "auth-config", mountPath: MLFLOW_AUTH_DIR, readOnly: true }] : [])];
+    const volumes = [
+        { name: "data", persistentVolumeClaim: { claimName: args.dataClaim } },
+        TMP_VOLUME,
+        ...(auth ? [{ name: "auth-config", configMap: { name: MLFLOW_AUTH_CONFIGMAP } }] : []),
+    ];
+    const env = [
+        // MLflow 3.x otherwise starts a job runner (7 huey consumers, ~230 MiB
+        // each) and the pod is OOM-killed at its limit (docs/interfaces.md).
+        { name: "MLFLOW_SERVER_ENABLE_JOB_EXECUTION", value: "false" },
+        ...(metrics ? [{ name: POD_IP_ENV, valueFrom: { fieldRef: { fieldPath: "status.podIP" } } }] : []),
+        ...(external ? [{ name: BACKEND_ENV, valueFrom: { secretKeyRef: { name: args.backendSecret!, key: "uri" } } }] : []),
+        ...(auth ? mlflowAuthEnv() : []),
+    ];
+    const common = {
+        image: args.image,
+        imagePullPolicy: args.imagePullPolicy,
+        resources: resourceRequirements(args.resources),
+        securityContext: containerSecurityContext(),
+        volumeMounts: mounts,
+    };
+    const annotations = {
+        ...(metrics ? prometheusAnnotations(MLFLOW_PORT, "/metrics") : {}),
+        ...(auth ? { "ops-demo/mlflow-auth": pulumi.unsecret(auth.password.apply((p) => credentialsFingerprint(auth.username, p))) } : {}),
+    };
     return {
         metadata: { name: MLFLOW_DEPLOYMENT, namespace: args.namespace, labels: { ...COMMON_LABELS, ...labels } },
         spec: {
@@ -105,24 +217,18 @@ export function mlflowDeployment(args: MlflowServerArgs): k8s.apps.v1.Deployment
             template: {
                 metadata: {
                     labels: { ...COMMON_LABELS, ...labels },
-                    ...(metrics ? { annotations: prometheusAnnotations(MLFLOW_PORT, "/metrics") } : {}),
+                    ...(Object.keys(annotations).length > 0 ? { annotations } : {}),
                 },
                 spec: {
                     securityContext: podSecurityContext(),
                     ...(args.imagePullSecret === undefined ? {} : { imagePullSecrets: [{ name: args.imagePullSecret }] }),
+                    ...(auth ? { initContainers: [{ name: "auth-admin", ...common, command: ["python", "-c", SYNC_ADMIN_SCRIPT], env }] } : {}),
                     containers: [
                         {
                             name: "mlflow",
-                            image: args.image,
-                            imagePullPolicy: args.imagePullPolicy,
-                            command: mlflowCommand(external, metrics),
-                            // MLflow 3.x otherwise starts a job runner (7 huey consumers, ~230 MiB
-                            // each) and the pod is OOM-killed at its limit (docs/interfaces.md).
-                            env: [
-                                { name: "MLFLOW_SERVER_ENABLE_JOB_EXECUTION", value: "false" },
-                                ...(metrics ? [{ name: POD_IP_ENV, valueFrom: { fieldRef: { fieldPath: "status.podIP" } } }] : []),
-                                ...(external ? [{ name: BACKEND_ENV, valueFrom: { secretKeyRef: { name: args.backendSecret!, key: "uri" } } }] : []),
-                            ],
+                            ...common,
+                            command: mlflowCommand(external, metrics, auth !== undefined),
+                            env,
                             ports: [{ name: "http", containerPort: MLFLOW_PORT }],
                             readinessProbe: {
                                 httpGet: { path: "/health", port: MLFLOW_PORT },
@@ -137,17 +243,24 @@ export function mlflowDeployment(args: MlflowServerArgs): k8s.apps.v1.Deployment
                                 timeoutSeconds: 5,
                                 failureThreshold: 6,
                             },
-                            resources: {
-                                requests: { cpu: "250m", memory: "512Mi" },
-                                limits: { cpu: "1", memory: "1536Mi" },
-                            },
-                            securityContext: containerSecurityContext(),
-                            volumeMounts: [{ name: "data", mountPath: "/data" }, TMP_MOUNT],
                         },
                     ],
-                    volumes: [{ name: "data", persistentVolumeClaim: { claimName: args.dataClaim } }, TMP_VOLUME],
+                    volumes,
                 },
             },
+        },
+    };
+}
+
+/** The credentials' Secret: stringData from the Pulumi secret, so it stays encrypted in the state. */
+export function mlflowAuthSecret(namespace: pulumi.Input<string>, auth: MlflowAuthConfig): k8s.core.v1.SecretArgs {
+    return {
+        metadata: { name: MLFLOW_AUTH_SECRET, namespace, labels: { ...COMMON_LABELS, ...labels } },
+        type: "Opaque",
+        stringData: {
+            [AUTH_KEYS.username]: auth.username,
+            [AUTH_KEYS.password]: auth.password,
+            [AUTH_KEYS.flaskSecretKey]: pulumi.secret(auth.password.apply(flaskSecretKey)),
         },
     };
 }
@@ -157,6 +270,8 @@ export class MlflowServer extends pulumi.ComponentResource {
     readonly service: k8s.core.v1.Service;
     /** In-cluster URI for MLFLOW_TRACKING_URI, built from the Service's name and namespace. */
     readonly trackingUri: pulumi.Output<string>;
+    /** Name of the Secret with the credentials when basic auth is on (the training Jobs read it). */
+    readonly authSecret?: string;
 
     constructor(name: string, args: MlflowServerArgs, opts?: pulumi.ComponentResourceOptions) {
         super("ops-demo:mlflow:MlflowServer", name, {}, opts);
@@ -172,7 +287,25 @@ export class MlflowServer extends pulumi.ComponentResource {
                 { parent: this },
             ).metadata.name;
         }
-        this.deployment = new k8s.apps.v1.Deployment(`${name}-deployment`, mlflowDeployment({ ...args, backendSecret }), { parent: this });
+        const authObjects: pulumi.Resource[] = [];
+        if (args.auth !== undefined) {
+            authObjects.push(
+                new k8s.core.v1.Secret(`${name}-auth`, mlflowAuthSecret(args.namespace, args.auth), { parent: this }),
+                new k8s.core.v1.ConfigMap(
+                    `${name}-auth-config`,
+                    {
+                        metadata: { name: MLFLOW_AUTH_CONFIGMAP, namespace: args.namespace, labels: { ...COMMON_LABELS, ...labels } },
+                        data: { [MLFLOW_AUTH_INI]: mlflowAuthIni() },
+                    },
+                    { parent: this },
+                ),
+            );
+        }
+        this.authSecret = args.auth !== undefined ? MLFLOW_AUTH_SECRET : undefined;
+        this.deployment = new k8s.apps.v1.Deployment(`${name}-deployment`, mlflowDeployment({ ...args, backendSecret }), {
+            parent: this,
+            dependsOn: authObjects,
+        });
         const ports = [{ name: "http", port: MLFLOW_PORT, targetPort: MLFLOW_PORT, protocol: "TCP" }];
         this.service = new k8s.core.v1.Service(
             `${name}-service`,

@@ -1,14 +1,31 @@
 /** The serving API: Deployment `iris-serving` + LoadBalancer Service `iris-serving-service` (80 -> 8000) in mlops-serving. */
 import * as k8s from "@pulumi/kubernetes";
 import * as pulumi from "@pulumi/pulumi";
-import { COMMON_LABELS, containerSecurityContext, podSecurityContext, prometheusAnnotations, TMP_MOUNT, TMP_VOLUME } from "./common";
-import { AutoscalingConfig } from "./config";
+import {
+    COMMON_LABELS,
+    containerSecurityContext,
+    podSecurityContext,
+    prometheusAnnotations,
+    resourceRequirements,
+    TMP_MOUNT,
+    TMP_VOLUME,
+} from "./common";
+import { AutoscalingConfig, ContainerResources } from "./config";
 
 export const SERVING_DEPLOYMENT = "iris-serving";
 export const SERVING_SERVICE = "iris-serving-service";
 export const SERVING_CONTAINER = "serving";
 export const SERVING_PORT = 8000;
 export const MODEL_NAME = "iris-classifier";
+/**
+ * Seconds a terminating pod keeps serving before the server gets SIGTERM (preStop sleep): the time
+ * for the endpoint removal to reach kube-proxy/servicelb, so no new connection lands on a closing pod.
+ */
+export const SERVING_DRAIN_SECONDS = 5;
+/** Time from the start of termination to SIGKILL: the drain pause plus uvicorn's graceful shutdown of requests in flight. */
+export const SERVING_GRACE_SECONDS = 30;
+/** Startup budget: /health gets failureThreshold x periodSeconds (120 s) before the kubelet restarts the container. */
+export const SERVING_STARTUP = { periodSeconds: 2, failureThreshold: 60 } as const;
 /** Where the serving app exposes Prometheus metrics (images/serving/app/metrics.py). */
 export const SERVING_METRICS_PATH = "/metrics";
 
@@ -26,12 +43,20 @@ export interface ServingApiArgs {
     readonly replicas: number;
     /** When set, a HorizontalPodAutoscaler scales the Deployment and the Deployment declares no replicas. */
     readonly autoscaling?: AutoscalingConfig;
+    /** Requests and limits of the serving container. */
+    readonly resources: ContainerResources;
 }
 
 const labels = { app: SERVING_DEPLOYMENT };
 
 /**
  * Rolling updates that never drop below the desired replicas; the model comes from the shared volume.
+ * Probes by purpose: startup (/health, up to 120 s for a slow first start, holds the other two
+ * back), liveness (/health: the process answers; never depends on the model), readiness (/ready: a
+ * model is loaded, so traffic only reaches pods that can answer). On termination the pod first
+ * sleeps SERVING_DRAIN_SECONDS (preStop) while the endpoints drop it, then gets SIGTERM and lets
+ * requests in flight finish within SERVING_GRACE_SECONDS. Replicas spread over nodes when there
+ * are several (ScheduleAnyway: one node still takes them all).
  * With autoscaling, `replicas` is left out: the HPA owns the field (Kubernetes' advice for a
  * Deployment under an HPA). Pulumi applies server-side, so a field it does not send is one it does
  * not fight over; `ignoreChanges` would instead re-send the last declared value on every update.
@@ -69,9 +94,14 @@ export function servingDeployment(args: ServingApiArgs): k8s.apps.v1.DeploymentA
                                 { name: "SWAP_DELAY_SECONDS", value: "5" },
                             ],
                             ports: [{ name: "http", containerPort: SERVING_PORT }],
+                            startupProbe: {
+                                httpGet: { path: "/health", port: SERVING_PORT },
+                                periodSeconds: SERVING_STARTUP.periodSeconds,
+                                timeoutSeconds: 2,
+                                failureThreshold: SERVING_STARTUP.failureThreshold,
+                            },
                             livenessProbe: {
                                 httpGet: { path: "/health", port: SERVING_PORT },
-                                initialDelaySeconds: 10,
                                 periodSeconds: 10,
                                 timeoutSeconds: 3,
                                 failureThreshold: 3,
@@ -85,18 +115,42 @@ export function servingDeployment(args: ServingApiArgs): k8s.apps.v1.DeploymentA
                                 timeoutSeconds: 2,
                                 failureThreshold: 5,
                             },
-                            resources: {
-                                requests: { cpu: "100m", memory: "256Mi" },
-                                limits: { cpu: "500m", memory: "512Mi" },
-                            },
+                            // Kubernetes >= 1.30 (sleep action beta, on by default); no shell or sleep binary needed.
+                            lifecycle: { preStop: { sleep: { seconds: SERVING_DRAIN_SECONDS } } },
+                            resources: resourceRequirements(args.resources),
                             securityContext: containerSecurityContext(),
                             volumeMounts: [{ name: "models", mountPath: "/models", readOnly: true }, TMP_MOUNT],
+                        },
+                    ],
+                    terminationGracePeriodSeconds: SERVING_GRACE_SECONDS,
+                    topologySpreadConstraints: [
+                        {
+                            maxSkew: 1,
+                            topologyKey: "kubernetes.io/hostname",
+                            whenUnsatisfiable: "ScheduleAnyway",
+                            labelSelector: { matchLabels: labels },
+                            // spread each ReplicaSet's pods on its own, so a rollout's new pods spread too
+                            matchLabelKeys: ["pod-template-hash"],
                         },
                     ],
                     volumes: [{ name: "models", persistentVolumeClaim: { claimName: args.modelsClaim, readOnly: true } }, TMP_VOLUME],
                 },
             },
         },
+    };
+}
+
+/**
+ * At most one serving pod evicted at a time (node drains, cluster upgrades). maxUnavailable rather than
+ * minAvailable: with a single replica (servingReplicas 1, or an autoscaler at its minimum of 1) a
+ * drain still proceeds instead of blocking forever; with two or more, one pod keeps answering.
+ * AlwaysAllow lets a drain evict pods that are not ready anyway (no model yet) instead of counting
+ * them against the budget and blocking.
+ */
+export function servingDisruptionBudget(namespace: pulumi.Input<string>): k8s.policy.v1.PodDisruptionBudgetArgs {
+    return {
+        metadata: { name: SERVING_DEPLOYMENT, namespace, labels: { ...COMMON_LABELS, ...labels } },
+        spec: { maxUnavailable: 1, selector: { matchLabels: labels }, unhealthyPodEvictionPolicy: "AlwaysAllow" },
     };
 }
 
@@ -122,6 +176,7 @@ export class ServingApi extends pulumi.ComponentResource {
     readonly deployment: k8s.apps.v1.Deployment;
     /** The HPA, when autoscaling is on. */
     readonly autoscaler?: k8s.autoscaling.v2.HorizontalPodAutoscaler;
+    readonly disruptionBudget: k8s.policy.v1.PodDisruptionBudget;
     readonly service: k8s.core.v1.Service;
     /** Labels of the Service (what a ServiceMonitor selects). */
     readonly serviceLabels: Record<string, string> = { ...COMMON_LABELS, ...labels };
@@ -143,6 +198,9 @@ export class ServingApi extends pulumi.ComponentResource {
             },
             { parent: this, dependsOn: [this.deployment] },
         );
+        this.disruptionBudget = new k8s.policy.v1.PodDisruptionBudget(`${name}-pdb`, servingDisruptionBudget(args.namespace), {
+            parent: this,
+        });
         if (args.autoscaling !== undefined) {
             this.autoscaler = new k8s.autoscaling.v2.HorizontalPodAutoscaler(
                 `${name}-hpa`,

@@ -5,8 +5,8 @@
 import * as command from "@pulumi/command";
 import * as k8s from "@pulumi/kubernetes";
 import * as pulumi from "@pulumi/pulumi";
-import { COMMON_LABELS, containerSecurityContext, podSecurityContext, TMP_MOUNT, TMP_VOLUME } from "./common";
-import { PromotionPolicy, TrainingRun } from "./config";
+import { COMMON_LABELS, containerSecurityContext, podSecurityContext, resourceRequirements, TMP_MOUNT, TMP_VOLUME } from "./common";
+import { ContainerResources, PromotionPolicy, TrainingRun } from "./config";
 import { jobName, labelValue, runHash } from "./naming";
 import { BASH, shq } from "./shell";
 import { TRAINING_NAMESPACE } from "./namespaces";
@@ -41,6 +41,10 @@ export interface TrainingRunsArgs {
     readonly gpus?: number;
     /** runtimeClassName of the pods when `gpus` > 0; empty: the node's default runtime. */
     readonly gpuRuntimeClass?: string;
+    /** Requests and limits of the trainer's container. */
+    readonly resources: ContainerResources;
+    /** Env that logs the trainer in to MLflow (MLFLOW_TRACKING_USERNAME/PASSWORD from the auth Secret); empty without auth. */
+    readonly trackingAuthEnv?: k8s.types.input.core.v1.EnvVar[];
 }
 
 /** The GPU resource name of NVIDIA's device plugin. */
@@ -120,11 +124,9 @@ export function trainingJob(run: TrainingRun, name: string, args: TrainingRunsAr
                                 { name: "MODELS_DIR", value: "/data/models" },
                                 { name: "MODEL_NAME", value: MODEL_NAME },
                                 { name: "PROMOTION_POLICY", value: args.promotionPolicy },
+                                ...(args.trackingAuthEnv ?? []),
                             ],
-                            resources: {
-                                requests: { cpu: "500m", memory: "512Mi" },
-                                limits: { cpu: "2", memory: "2Gi", ...gpu.limits },
-                            },
+                            resources: resourceRequirements(args.resources, gpu.limits),
                             securityContext: containerSecurityContext(),
                             volumeMounts: [{ name: "data", mountPath: "/data" }, TMP_MOUNT],
                         },

@@ -43,6 +43,7 @@ export const VARIANTS: readonly Variant[] = [
             autoscalingMaxReplicas: "20",
         },
     },
+    { name: "dev-mlflow-auth", stack: "dev", set: { mlflowAuth: "true", mlflowPassword: "a-long-lint-password" } },
 ];
 
 /** The Kubernetes version kube-score checks API versions against: the k3s of the stacks (v1.31). */

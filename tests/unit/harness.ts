@@ -20,6 +20,8 @@ export interface Recorded {
     readonly provider?: string;
     readonly custom: boolean;
     readonly id: string;
+    /** Paths of the inputs that were Pulumi secrets (encrypted in the state), e.g. `stringData.password`. */
+    readonly secretPaths?: string[];
 }
 
 const sha = (s: string) => crypto.createHash("sha256").update(s).digest("hex");
@@ -42,6 +44,21 @@ export function unwrapSecrets(v: unknown): unknown {
         return Object.fromEntries(Object.entries(o).map(([k, x]) => [k, unwrapSecrets(x)]));
     }
     return v;
+}
+
+/** Dotted paths of the serialized secrets in `v`. */
+export function secretPaths(v: unknown, at = ""): string[] {
+    if (Array.isArray(v)) {
+        return v.flatMap((x, i) => secretPaths(x, `${at}[${i}]`));
+    }
+    if (v !== null && typeof v === "object") {
+        const o = v as Record<string, unknown>;
+        if (SECRET_SIG in o && "value" in o) {
+            return [at];
+        }
+        return Object.entries(o).flatMap(([k, x]) => secretPaths(x, at === "" ? k : `${at}.${k}`));
+    }
+    return [];
 }
 
 /** Mocks that record every resource and refuse every provider function call. */
@@ -75,6 +92,7 @@ export class RecordingMocks implements pulumi.runtime.Mocks {
             provider: args.provider,
             custom: args.custom !== false,
             id,
+            secretPaths: secretPaths(args.inputs),
         });
         return { id, state };
     }

@@ -36,6 +36,7 @@ describe("the program, stack k3s (the host's k3s)", () => {
             "ops-demo:images:ImageImport",
             "ops-demo:images:Images",
             "ops-demo:k8s:Namespaces",
+            "ops-demo:k8s:NetworkPolicies",
             "ops-demo:mlflow:MlflowServer",
             "ops-demo:serving:ServingApi",
             "ops-demo:storage:SharedStorage",
