@@ -394,19 +394,26 @@ def plan_pod(
     prefix: str,
     scratch: Path,
     max_cpus: float | None = None,
+    *,
+    init: bool = False,
+    with_init: bool = False,
 ) -> list[ContainerPlan]:
-    """The containers of replica `replica` of workload `wl` (init containers are not supported:
-    the program declares none, and running them is not needed for a faithful start)."""
+    """The containers of replica `replica` of workload `wl`; with `init`, its init containers
+    instead (the caller runs them one after another to completion first, as the kubelet does).
+    A pod with init containers needs `with_init=True` for its main containers, so that no caller
+    starts them without having run the init containers."""
     pod = pod_spec(wl)
-    if pod.get("initContainers"):
-        raise SpecError(f"{wl} declares initContainers, which this harness does not run yet")
+    if pod.get("initContainers") and not (init or with_init):
+        raise SpecError(f"{wl} declares initContainers: plan and run them first (plan_pod(init=True)), "
+                        "then plan the containers with with_init=True")
     pod_name = f"{wl.kname}-{replica}"
     pod_sc = pod.get("securityContext") or {}
     volumes = {v["name"]: v for v in pod.get("volumes") or []}
     labels = pod_labels(wl)
     services = stack.services_selecting(wl.namespace, labels)
     plans = []
-    for c in pod["containers"]:
+    containers = (pod.get("initContainers") or []) if init else pod["containers"]
+    for c in containers:
         cname = c.get("name") or "main"
         where = f"{wl} container {cname}"
         if not c.get("image"):
@@ -459,7 +466,7 @@ def plan_pod(
             aliases["cluster"] += stack.service_dns_names(svc)
             aliases["namespace"].append(svc.kname)
 
-        suffix = f"-{cname}" if len(pod["containers"]) > 1 else ""
+        suffix = f"-init-{cname}" if init else (f"-{cname}" if len(pod["containers"]) > 1 else "")
         plans.append(
             ContainerPlan(
                 workload=wl,
