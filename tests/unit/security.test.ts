@@ -40,6 +40,7 @@ const VARIANTS: [string, Record<string, string>][] = [
     ["dev", { ...AUTH, networkPolicies: "false" }],
     ["k3s", { trainingGpus: "1", autoscaling: "false", servingReplicas: "1", serviceMonitor: "true", grafanaDashboard: "true" }],
     ["k3s", { experiments: JSON.stringify(["runName=a", "runName=b,nEstimators=300"]), imageLoader: "none" }],
+    ["k3s", { imageLoader: "registry", registry: "registry.example.com/team", registryUsername: "ci", registryPassword: "a-registry-token" }],
 ];
 
 describe("Pod Security Standard restricted", () => {
