@@ -1,0 +1,139 @@
+"""The wrk side of the benchmark: its output parsed, its Lua script, its command line."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import re
+import shutil
+import threading
+
+import pytest
+
+from bench import wrk
+
+# Real `wrk --latency` output (wrk 4.1.0), with the error lines wrk adds when there are errors.
+OUTPUT_WITH_ERRORS = """\
+Running 10s test @ http://127.0.0.1:41234/predict
+  1 threads and 32 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency    10.52ms    3.21ms  62.10ms   81.30%
+    Req/Sec     3.05k   210.44     3.40k    70.00%
+  Latency Distribution
+     50%    9.87ms
+     75%   11.02ms
+     90%   13.40ms
+     99%    1.02s
+  30412 requests in 10.01s, 7.20MB read
+  Socket errors: connect 1, read 2, write 3, timeout 4
+  Non-2xx or 3xx responses: 17
+Requests/sec:   3038.21
+Transfer/sec:    736.52KB
+"""
+
+OUTPUT_CLEAN = """\
+Running 2s test @ http://127.0.0.1:18765/
+  1 threads and 1 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   812.00us  101.00us   2.10ms   90.00%
+    Req/Sec     1.20k    40.00     1.30k    75.00%
+  Latency Distribution
+     50%  790.00us
+     75%  850.00us
+     90%  920.00us
+     99%    1.50ms
+  2401 requests in 2.00s, 1.01MB read
+Requests/sec:   1200.50
+Transfer/sec:    517.00KB
+"""
+
+
+def test_parses_throughput_percentiles_and_errors():
+    r = wrk.parse_output(OUTPUT_WITH_ERRORS)
+    assert (r.requests, r.seconds, r.rps) == (30412, 10.01, 3038.21)
+    assert (r.p50_ms, r.p75_ms, r.p90_ms, r.p99_ms) == (9.87, 11.02, 13.4, 1020.0)
+    assert (r.non_2xx, r.socket_errors, r.timeouts) == (17, 6, 4)
+    assert r.errors == 27
+    assert r.to_dict()["errors"] == 27
+
+
+def test_microseconds_and_no_error_lines():
+    r = wrk.parse_output(OUTPUT_CLEAN)
+    assert r.p50_ms == pytest.approx(0.79)
+    assert r.p99_ms == 1.5
+    assert r.errors == 0
+    assert (r.requests, r.rps) == (2401, 1200.5)
+
+
+@pytest.mark.parametrize(
+    ("text", "ms"), [("812.00us", 0.812), ("1.23ms", 1.23), ("2.00s", 2000.0), ("1.50m", 90_000.0), ("7ms", 7.0)]
+)
+def test_duration_units(text, ms):
+    assert wrk.duration_ms(text) == pytest.approx(ms)
+
+
+def test_output_without_latency_distribution_is_refused():
+    without = "\n".join(line for line in OUTPUT_CLEAN.splitlines() if not re.match(r"\s*\d+%", line))
+    with pytest.raises(wrk.WrkOutputError, match=r"50%, 75%, 90%, 99%.*--latency"):
+        wrk.parse_output(without)
+    with pytest.raises(wrk.WrkOutputError, match="Requests/sec"):
+        wrk.parse_output(OUTPUT_CLEAN.replace("Requests/sec:", "Req:"))
+    with pytest.raises(wrk.WrkOutputError, match="not a wrk duration"):
+        wrk.duration_ms("12 parsecs")
+
+
+def test_lua_long_string_never_closes_early():
+    assert wrk.lua_string('{"a":1}') == '[[{"a":1}]]'
+    assert wrk.lua_string("x]]y") == "[=[x]]y]=]"
+    assert wrk.lua_string("x]]y]=]z") == "[==[x]]y]=]z]==]"
+
+
+def test_command_pins_wrk_when_asked(tmp_path):
+    argv = wrk.command("http://127.0.0.1:1/predict", tmp_path / "s.lua", 32, 10, cpu=1)
+    assert argv[:3] == ["taskset", "-c", "1"]
+    assert argv[3:7] == ["wrk", "-t1", "-c32", "-d10s"]
+    assert "--latency" in argv
+    assert wrk.command("http://h/", tmp_path / "s.lua", 1, 2.4)[:4] == ["wrk", "-t1", "-c1", "-d2s"]
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt-get install -y wrk)")
+def test_wrk_posts_the_script_body_verbatim(tmp_path):
+    """A real wrk run against a tiny server: method, content type and body arrive exactly as scripted."""
+    seen: list[tuple[str, str, bytes]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):  # noqa: N802 - the stdlib's name
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append((self.command, self.headers["Content-Type"], body))
+            status = 200 if len(seen) % 2 else 500  # every other answer is an error wrk must count
+            self.send_response(status)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        body = {"features": [5.1, 3.5, 1.4, 0.2], "note": "a ]] inside"}
+        script = wrk.lua_script(body, tmp_path / "body.lua")
+        url = f"http://127.0.0.1:{server.server_address[1]}/predict"
+        result, raw = wrk.run(wrk.command(url, script, 1, 1))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen, raw
+    assert {(m, ct) for m, ct, _ in seen} == {("POST", "application/json")}
+    assert {b for _, _, b in seen} == {json.dumps(body, separators=(",", ":")).encode()}
+    assert result.requests >= 1
+    assert result.non_2xx >= result.requests // 2 - 1  # the 500s were counted as errors
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt-get install -y wrk)")
+def test_a_failing_wrk_is_reported_with_its_output():
+    with pytest.raises(RuntimeError, match=r"exited with 1:[\s\S]*invalid URL: not-a-url"):
+        wrk.run(["wrk", "-c1", "-d1s", "not-a-url"])
