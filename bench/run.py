@@ -297,7 +297,7 @@ def servers(models_dir: Path, model_uri: str, tracking_uri: str, work: Path) -> 
     ]
 
 
-def load_test(server: Server, batch: list[list[float]], args, work: Path, cpu: int | None) -> dict:
+def load_test(server: Server, batch: list[list[float]], args, work: Path, cpu: int | None, round_no: int) -> dict:
     results = {}
     url = server.env["BENCH_BASE_URL"] + server.predict_path
     for sc in SCENARIOS:
@@ -306,7 +306,7 @@ def load_test(server: Server, batch: list[list[float]], args, work: Path, cpu: i
         if args.warmup > 0:
             wrk.run(wrk.command(url, script, sc.connections, args.warmup, cpu=cpu))
         result, raw = wrk.run(wrk.command(url, script, sc.connections, args.duration, cpu=cpu))
-        (work / f"{server.key}-{sc.key}.wrk.txt").write_text(raw)
+        (work / f"{server.key}-{sc.key}-round{round_no}.wrk.txt").write_text(raw)
         results[sc.key] = result.to_dict()
         log(
             f"{server.label:20} {sc.label:14} {result.rps:10.0f} req/s  p50 {result.p50_ms:7.2f} ms  "
@@ -319,6 +319,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="npm run bench --", description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per scenario (default 10)")
     parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per scenario, discarded (default 2)")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="start every server this many times in turn; medians reported (default 1)"
+    )
     parser.add_argument("--repeats", type=int, default=7, help="timeit rounds for inference alone (default 7)")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md", help="markdown file to update")
     parser.add_argument(
@@ -334,6 +337,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--duration must be between 1 and 600 seconds, got {args.duration:g}")
     if not 0 <= args.warmup <= 60:
         parser.error(f"--warmup must be between 0 and 60 seconds, got {args.warmup:g}")
+    if not 1 <= args.rounds <= 10:
+        parser.error(f"--rounds must be between 1 and 10, got {args.rounds}")
     if not 1 <= args.repeats <= 100:
         parser.error(f"--repeats must be between 1 and 100, got {args.repeats}")
     return args
@@ -403,19 +408,25 @@ def main(argv: list[str] | None = None) -> int:
 
             batch = [[round(float(x), 1) for x in row] for row in batch_rows(100)]
             specs = servers(models_dir, model_uri, mlflow_server.uri, work)
+            rounds: dict[str, list[dict]] = {s.key: [] for s in specs}
+            for n in range(1, args.rounds + 1):
+                for server in specs:
+                    log(f"round {n}/{args.rounds}: starting {server.label}: {shlex.join(server.argv)}")
+                    try:
+                        start(server, logs)
+                        check_answers(server, batch)
+                        rounds[server.key].append(load_test(server, batch, args, work, cpu, n))
+                    except Exception as exc:  # noqa: BLE001 - one server failing must not hide the others
+                        failed = keep = True
+                        reason = str(exc).strip().splitlines()[0][:200]
+                        log(f"{server.label} FAILED: {exc}")
+                        rounds[server.key].append({s.key: {"failed": reason} for s in SCENARIOS})
+                    finally:
+                        stop(server)
             for server in specs:
-                log(f"starting {server.label}: {' '.join(shlex.quote(a) for a in server.argv)}")
-                try:
-                    start(server, logs)
-                    check_answers(server, batch)
-                    results["load"][server.key] = load_test(server, batch, args, work, cpu)
-                except Exception as exc:  # noqa: BLE001 - one server failing must not hide the others
-                    failed = keep = True
-                    reason = str(exc).strip().splitlines()[0][:200]
-                    log(f"{server.label} FAILED: {exc}")
-                    results["load"][server.key] = {s.key: {"failed": reason} for s in SCENARIOS}
-                finally:
-                    stop(server)
+                results["load"][server.key] = {
+                    sc.key: report.combine_rounds([r[sc.key] for r in rounds[server.key]]) for sc in SCENARIOS
+                }
             results["servers"] = [{"key": s.key, "label": s.label, "command": s.shown, "note": s.note} for s in specs]
 
             from bench.image import measure_image
@@ -441,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         "model_uri": model_uri,
         "duration_s": args.duration,
         "warmup_s": args.warmup,
+        "rounds": args.rounds,
         "pinning": pinning,
         "wrk_example": " ".join(
             wrk.command("http://127.0.0.1:PORT/predict", Path("row.lua"), 32, args.duration, cpu=cpu)

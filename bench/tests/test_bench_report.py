@@ -165,3 +165,19 @@ def test_plot_is_a_png(tmp_path, results):
     report.write_plot(results, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert path.stat().st_size > 10_000
+
+
+def test_rounds_combine_into_medians_and_sums(results):
+    rounds = [cell(1000, 1.0, 2.0), cell(3000, 3.0, 9.0, errors=2), cell(2000, 2.0, 4.0), {"failed": "exited with 1"}]
+    combined = report.combine_rounds(rounds)
+    assert (combined["rps"], combined["p50_ms"], combined["p99_ms"]) == (2000, 2.0, 4.0)
+    assert (combined["requests"], combined["errors"], combined["rounds"]) == (60000, 2, 3)
+    assert (combined["rps_min"], combined["rps_max"], combined["failed_rounds"]) == (1000, 3000, 1)
+    assert report.combine_rounds([{"failed": "boom"}, {"failed": "again"}]) == {"failed": "boom"}
+
+    results["load"]["serving"]["row-c32"] = combined
+    results["settings"]["rounds"] = 4
+    section = report.render_section(results)
+    row = "| 1 row, c=32 | serving app | 2,000 (1,000-3,000), 1 round(s) failed | 2.00 | 4.00 | 2 | 60,000 |"
+    assert row in section
+    assert "4 rounds: every server was started 4 times in turn" in section
