@@ -1,22 +1,14 @@
 import * as assert from "assert";
 import * as os from "os";
-import { ConfigError, DEFAULTS, expandHome, loadConfig, parseIntStrict } from "../../components/config";
-import { imagesDir } from "./fixtures";
+import { DEFAULTS, expandHome, loadConfig, parseIntStrict } from "../../components/config";
+import { configProblems, imagesDir } from "./fixtures";
 import { cliTypeProblem, projectDeclarations, runProgram, stackConfig, stackFileConfig } from "./harness";
 
 /** loadConfig over a plain map (short keys), without the unknown-key check that reads the Pulumi runtime. */
 const load = (values: Record<string, string>, home = "/home/u") => loadConfig((k) => values[k], home, false);
 
 /** The problems loadConfig reports for `values`. */
-function problems(values: Record<string, string>): string[] {
-    try {
-        load(values);
-    } catch (e) {
-        assert.ok(e instanceof ConfigError, `expected a ConfigError, got ${e}`);
-        return (e as ConfigError).problems;
-    }
-    assert.fail(`expected ${JSON.stringify(values)} to be rejected`);
-}
+const problems = configProblems;
 
 describe("config", () => {
     it("has the defaults of DESIGN.md when nothing is set", () => {

@@ -1,14 +1,12 @@
 /** Outgrowing one machine: the registry image loader, shared storage on NFS, MLflow on PostgreSQL. */
 import * as assert from "assert";
-import { ConfigError, loadConfig } from "../../components/config";
+import { loadConfig } from "../../components/config";
 import { dockerConfigJson } from "../../components/registry";
-import { imagesDir } from "./fixtures";
-import { findResource, ofType, ProgramRun, Recorded, runProgram, stackConfig } from "./harness";
+import { configProblems, stackLoader } from "./fixtures";
+import { findResource, ofType, ProgramRun, Recorded } from "./harness";
 
 /* eslint-disable @typescript-eslint/no-explicit-any */
-const IMAGES = imagesDir();
-const load = (stack: string, set: Record<string, string> = {}): Promise<ProgramRun> =>
-    runProgram(stackConfig(stack, set), stack, { OPS_DEMO_IMAGES_DIR: IMAGES });
+const load = stackLoader();
 const inputs = (r: Recorded): any => r.inputs;
 const K = {
     image: "docker:index/image:Image",
@@ -19,15 +17,7 @@ const K = {
 };
 const workloads = (run: ProgramRun) => [...ofType(run.resources, K.deploy), ...ofType(run.resources, K.job)];
 
-function problems(values: Record<string, string>): string[] {
-    try {
-        loadConfig((k) => values[k], "/home/u", false);
-    } catch (e) {
-        assert.ok(e instanceof ConfigError, String(e));
-        return (e as ConfigError).problems;
-    }
-    assert.fail(`expected ${JSON.stringify(values)} to be rejected`);
-}
+const problems = configProblems;
 
 describe("imageLoader=registry", () => {
     const REG = { imageLoader: "registry", registry: "registry.example.com:5000/team" };

@@ -2,14 +2,12 @@
 import * as assert from "assert";
 import * as fs from "fs";
 import * as path from "path";
-import { ConfigError, loadConfig } from "../../components/config";
-import { imagesDir } from "./fixtures";
-import { findResource, kubernetesObjects, ofType, ProgramRun, Recorded, ROOT, runProgram, stackConfig } from "./harness";
+import { loadConfig } from "../../components/config";
+import { configProblems, stackLoader } from "./fixtures";
+import { findResource, kubernetesObjects, ofType, Recorded, ROOT } from "./harness";
 
 /* eslint-disable @typescript-eslint/no-explicit-any */
-const IMAGES = imagesDir();
-const load = (stack: string, set: Record<string, string> = {}): Promise<ProgramRun> =>
-    runProgram(stackConfig(stack, set), stack, { OPS_DEMO_IMAGES_DIR: IMAGES });
+const load = stackLoader();
 const inputs = (r: Recorded): any => r.inputs;
 const HPA = "kubernetes:autoscaling/v2:HorizontalPodAutoscaler";
 const DEPLOY = "kubernetes:apps/v1:Deployment";
@@ -17,15 +15,7 @@ const JOB = "kubernetes:batch/v1:Job";
 const SM = "kubernetes:monitoring.coreos.com/v1:ServiceMonitor";
 const CM = "kubernetes:core/v1:ConfigMap";
 
-function problems(values: Record<string, string>): string[] {
-    try {
-        loadConfig((k) => values[k], "/home/u", false);
-    } catch (e) {
-        assert.ok(e instanceof ConfigError, String(e));
-        return (e as ConfigError).problems;
-    }
-    assert.fail(`expected ${JSON.stringify(values)} to be rejected`);
-}
+const problems = configProblems;
 
 describe("autoscaling (HorizontalPodAutoscaler of iris-serving)", () => {
     it("k3s stack: autoscaling/v2 on CPU, the guide's 2..10 at 70%, targeting the Deployment, which declares no replicas", async () => {

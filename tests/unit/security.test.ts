@@ -1,14 +1,12 @@
 /** Security and resilience of what the program declares: pod security, NetworkPolicies, MLflow auth, resources, serving rollouts. */
 import * as assert from "assert";
-import { ConfigError, loadConfig } from "../../components/config";
-import { imagesDir } from "./fixtures";
-import { findResource, kubernetesObjects, ofType, ProgramRun, Recorded, runProgram, stackConfig, stackFileConfig } from "./harness";
+import { loadConfig } from "../../components/config";
+import { configProblems, stackLoader } from "./fixtures";
+import { findResource, kubernetesObjects, ofType, ProgramRun, Recorded, stackFileConfig } from "./harness";
 import { mentionsContainers, podTemplatesOf, restrictedViolations } from "./podSecurity";
 
 /* eslint-disable @typescript-eslint/no-explicit-any */
-const IMAGES = imagesDir();
-const load = (stack: string, set: Record<string, string> = {}): Promise<ProgramRun> =>
-    runProgram(stackConfig(stack, set), stack, { OPS_DEMO_IMAGES_DIR: IMAGES });
+const load = stackLoader();
 const inputs = (r: Recorded): any => r.inputs;
 const K = {
     ns: "kubernetes:core/v1:Namespace",
@@ -22,15 +20,7 @@ const K = {
 const PASSWORD = "correct horse battery";
 const AUTH = { mlflowAuth: "true", mlflowPassword: PASSWORD };
 
-function problems(values: Record<string, string>): string[] {
-    try {
-        loadConfig((k) => values[k], "/home/u", false);
-    } catch (e) {
-        assert.ok(e instanceof ConfigError, String(e));
-        return (e as ConfigError).problems;
-    }
-    assert.fail(`expected ${JSON.stringify(values)} to be rejected`);
-}
+const problems = configProblems;
 
 /** Every variant of the program whose pods must pass the restricted profile: both stacks and every option that changes a pod. */
 const VARIANTS: [string, Record<string, string>][] = [
