@@ -31,6 +31,13 @@ describe("config", () => {
         }
     });
 
+    it("declares no key both secret and with a default (the real CLI then refuses every preview and up)", () => {
+        // the real check is the real CLI's preview in the real-cluster tier (tests/real); this one is cheap
+        for (const [k, d] of Object.entries(projectDeclarations() as Record<string, { secret?: boolean; default?: unknown }>)) {
+            assert.ok(!(d.secret === true && d.default !== undefined), `${k} is declared secret: true with a default`);
+        }
+    });
+
     for (const stack of ["dev", "k3s"]) {
         it(`Pulumi.${stack}.yaml sets only declared keys of the project, with values of the declared types`, () => {
             const decls = projectDeclarations();
@@ -72,7 +79,7 @@ describe("config", () => {
         [{ k3sImage: "rancher/k3s" }, "k3sImage", /must be an image reference with a pinned tag/],
         [{ cluster: "embedded", imageLoader: "k3s" }, "imageLoader", /ops-demo:imageLoader = "k3s": must be embedded, registry or none when cluster=embedded/],
         [{ imageLoader: "embedded" }, "imageLoader", /embedded needs cluster=embedded/],
-        [{ cluster: "embedded", imageLoader: "embedded", apiPort: "5000" }, "mlflowHostPort", /must differ from apiPort/],
+        [{ cluster: "embedded", imageLoader: "embedded", apiPort: "5050" }, "mlflowHostPort", /must differ from apiPort/],
     ];
     for (const [values, key, message] of cases) {
         it(`rejects ${JSON.stringify(values)} naming ${key}, the value and what is allowed`, () => {
