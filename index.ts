@@ -14,6 +14,7 @@ import { SERVING_SERVICE, ServingApi } from "./components/serving";
 import { Monitoring } from "./components/monitoring";
 import { RegistryPullSecrets } from "./components/registry";
 import { TrainingRuns } from "./components/training";
+import { replacementTransformation } from "./components/replacement";
 
 const MLFLOW_NODE_PORT = 30500;
 const cfg = loadConfig();
@@ -27,16 +28,22 @@ const cluster: ClusterAccess =
               servingHostPort: cfg.servingHostPort,
               mlflowHostPort: cfg.mlflowHostPort,
               mlflowNodePort: MLFLOW_NODE_PORT,
+              servingPort: cfg.servingPort,
               storageDir: cfg.storageDir,
               readyTimeoutSeconds: 240,
           })
         : new ExistingCluster("cluster", { kubeconfig: cfg.kubeconfig, context: cfg.kubeContext, sudo: cfg.sudo });
-const k8sOpts = { providers: [cluster.provider] };
+// every Kubernetes object: fixed names replaced delete-first; in the embedded cluster deleted with its container
+const k8sOpts = {
+    providers: [cluster.provider],
+    transformations: [replacementTransformation({ deletedWith: cluster instanceof EmbeddedCluster ? cluster.container : undefined })],
+};
 const pullPolicy = imagePullPolicy(cfg.imageLoader);
 
 const images = new Images("images", {
     imagesDir: process.env.OPS_DEMO_IMAGES_DIR || path.join(__dirname, "images"),
     baseImage: cfg.baseImage,
+    pipNoIndex: cfg.pipNoIndex,
     registry: cfg.registry,
 });
 const imported = new ImageImport(
@@ -47,6 +54,7 @@ const imported = new ImageImport(
         sudo: cfg.sudo,
         embeddedContainer: cfg.embeddedClusterName,
         kindClusterName: cfg.kindClusterName,
+        clusterIdentity: cluster.identity,
     },
     { dependsOn: cluster.ready },
 );
@@ -82,6 +90,7 @@ const storage = new SharedStorage(
         servingNamespace: namespaces.serving,
         rootShell: (script) => cluster.rootShell(script),
         prepareAfter: cluster.ready,
+        clusterIdentity: cluster.identity,
         nfs: cfg.nfs,
     },
     k8sOpts,
@@ -99,6 +108,7 @@ const mlflow = new MlflowServer(
         metrics: cfg.mlflowMetrics,
         resources: cfg.resources.mlflow,
         auth: cfg.mlflowAuth,
+        kubectl: cluster.kubectl,
     },
     { ...k8sOpts, dependsOn: imported.commands },
 );
@@ -121,7 +131,7 @@ const training = new TrainingRuns(
         resources: cfg.resources.training,
         trackingAuthEnv: cfg.mlflowAuth ? trackingAuthEnv() : [],
     },
-    { ...k8sOpts, dependsOn: [mlflow, ...imported.commands] },
+    { ...k8sOpts, dependsOn: [mlflow, ...(mlflow.ready ? [mlflow.ready] : []), ...imported.commands] },
 );
 const serving = new ServingApi(
     "serving",
@@ -134,6 +144,7 @@ const serving = new ServingApi(
         replicas: cfg.servingReplicas,
         autoscaling: cfg.autoscaling,
         resources: cfg.resources.serving,
+        servicePort: cfg.servingPort,
     },
     { ...k8sOpts, dependsOn: [...training.waits, ...imported.commands] },
 );
@@ -152,12 +163,12 @@ if (cfg.serviceMonitor || cfg.grafanaDashboard) {
 }
 
 const mlflowForward = `kubectl port-forward -n ${TRAINING_NAMESPACE} svc/${MLFLOW_SERVICE} ${MLFLOW_PORT}:${MLFLOW_PORT}`;
-const servingForward = `kubectl port-forward -n ${SERVING_NAMESPACE} svc/${SERVING_SERVICE} 8000:80`;
+const servingForward = `kubectl port-forward -n ${SERVING_NAMESPACE} svc/${SERVING_SERVICE} 8000:${cfg.servingPort}`;
 const embedded = cfg.cluster === "embedded";
 // k3s: the LoadBalancer's address once servicelb assigned it; until then the port-forward's local URL.
 const servingBase = embedded
     ? pulumi.output(`http://localhost:${cfg.servingHostPort}`)
-    : serving.loadBalancerAddress.apply((a) => (a === "" ? "http://localhost:8000" : `http://${a}`));
+    : serving.loadBalancerAddress.apply((a) => (a === "" ? "http://localhost:8000" : `http://${a}${cfg.servingPort === 80 ? "" : `:${cfg.servingPort}`}`));
 
 export const mlflowUrl = `http://localhost:${embedded ? cfg.mlflowHostPort : MLFLOW_PORT}`;
 export const mlflowPortForward = embedded ? "not needed: MLflow is published on mlflowUrl" : mlflowForward;
@@ -171,4 +182,5 @@ export const storageDir = cfg.storageDir;
 export const kubectlHint = embedded
     ? `docker exec ${cfg.embeddedClusterName} kubectl get pods,svc,jobs -A   (or: pulumi stack output kubeconfig --show-secrets > dev.kubeconfig && export KUBECONFIG=$PWD/dev.kubeconfig)`
     : `kubectl --kubeconfig ${cfg.kubeconfig} get pods,svc,jobs -n ${TRAINING_NAMESPACE}`;
-export const kubeconfig = cluster instanceof EmbeddedCluster ? cluster.kubeconfig : undefined;
+// the embedded cluster's admin kubeconfig (secret); for an existing cluster, the file the stack uses
+export const kubeconfig = cluster instanceof EmbeddedCluster ? cluster.kubeconfig : cfg.kubeconfig;

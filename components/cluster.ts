@@ -6,7 +6,7 @@ import * as command from "@pulumi/command";
 import * as docker from "@pulumi/docker";
 import * as k8s from "@pulumi/kubernetes";
 import * as pulumi from "@pulumi/pulumi";
-import { BASH, shq, sudoPrefix } from "./shell";
+import { asRootFunction, BASH, shq } from "./shell";
 
 /** What the rest of the program needs from a cluster. */
 export interface ClusterAccess {
@@ -20,6 +20,12 @@ export interface ClusterAccess {
     readonly ready: pulumi.Resource[];
     /** Name of the embedded cluster's container, if any. */
     readonly containerName?: string;
+    /**
+     * Changes when the cluster is replaced by a new one (the embedded container's id; the kubeconfig
+     * and context of an existing cluster): host-side steps that fill the cluster (image import,
+     * storage preparation) carry it as a trigger, so they run again for a new cluster.
+     */
+    readonly identity: pulumi.Input<string>;
 }
 
 export interface ExistingClusterArgs {
@@ -27,7 +33,7 @@ export interface ExistingClusterArgs {
     readonly kubeconfig: string;
     /** Context in it; empty = its current context. */
     readonly context: string;
-    /** Use `sudo -n` for root commands on this host. */
+    /** Run root commands on this host as root (itself when root, else `sudo -n`). */
     readonly sudo: boolean;
 }
 
@@ -36,6 +42,7 @@ export class ExistingCluster extends pulumi.ComponentResource implements Cluster
     readonly provider: k8s.Provider;
     readonly kubectl: string;
     readonly ready: pulumi.Resource[] = [];
+    readonly identity: string;
     private readonly sudo: boolean;
 
     constructor(name: string, args: ExistingClusterArgs, opts?: pulumi.ComponentResourceOptions) {
@@ -48,11 +55,12 @@ export class ExistingCluster extends pulumi.ComponentResource implements Cluster
         );
         this.kubectl =
             `kubectl --kubeconfig ${shq(args.kubeconfig)}` + (args.context === "" ? "" : ` --context ${shq(args.context)}`);
+        this.identity = `${args.kubeconfig}#${args.context}`;
         this.registerOutputs({ kubeconfig: args.kubeconfig });
     }
 
     rootShell(script: string): string {
-        return `${sudoPrefix(this.sudo)}sh -c ${shq(script)}`;
+        return `${asRootFunction(this.sudo)}\nas_root /bin/sh -c ${shq(script)}`;
     }
 }
 
@@ -69,6 +77,8 @@ export interface EmbeddedClusterArgs {
     readonly mlflowHostPort: number;
     /** The NodePort of MLflow inside the cluster. */
     readonly mlflowNodePort: number;
+    /** The serving LoadBalancer's port inside the cluster (published on servingHostPort). */
+    readonly servingPort: number;
     /** Storage directory, bind-mounted at the same path so that hostPath volumes work inside. */
     readonly storageDir: string;
     /** Seconds to wait for the cluster to become ready. */
@@ -77,7 +87,17 @@ export interface EmbeddedClusterArgs {
 
 /** The k3s server arguments of the embedded node. */
 export function k3sServerArgs(): string[] {
-    return ["server", "--disable=traefik", "--tls-san=127.0.0.1", "--tls-san=localhost", "--write-kubeconfig-mode=600"];
+    return [
+        "server",
+        "--disable=traefik",
+        "--tls-san=127.0.0.1",
+        "--tls-san=localhost",
+        "--write-kubeconfig-mode=600",
+        // the node is a container on a laptop's disk: evict only when it is really full (as k3d does),
+        // not at the kubelet's default 10-15% free, which a busy Docker disk reaches quickly
+        "--kubelet-arg=eviction-hard=imagefs.available<1%,nodefs.available<1%",
+        "--kubelet-arg=eviction-minimum-reclaim=imagefs.available=1%,nodefs.available=1%",
+    ];
 }
 
 /**
@@ -103,6 +123,7 @@ export class EmbeddedCluster extends pulumi.ComponentResource implements Cluster
     readonly kubectl: string;
     readonly ready: pulumi.Resource[];
     readonly containerName: string;
+    readonly identity: pulumi.Output<string>;
     /** The cluster's kubeconfig (secret), server on the published API port. */
     readonly kubeconfig: pulumi.Output<string>;
     readonly container: docker.Container;
@@ -125,7 +146,7 @@ export class EmbeddedCluster extends pulumi.ComponentResource implements Cluster
                 tmpfs: { "/run": "", "/var/run": "" },
                 ports: [
                     { internal: 6443, external: args.apiPort, ip: local },
-                    { internal: 80, external: args.servingHostPort, ip: local },
+                    { internal: args.servingPort, external: args.servingHostPort, ip: local },
                     { internal: args.mlflowNodePort, external: args.mlflowHostPort, ip: local },
                 ],
                 volumes: [{ hostPath: args.storageDir, containerPath: args.storageDir }],
@@ -138,6 +159,8 @@ export class EmbeddedCluster extends pulumi.ComponentResource implements Cluster
                 create: kubeconfigScript(args.containerName, args.apiPort, args.readyTimeoutSeconds),
                 interpreter: BASH,
                 triggers: [this.container.id],
+                // stdout is the admin kubeconfig, client key included: never into the console or CI logs
+                logging: "none",
             },
             { parent: this, dependsOn: [this.container], additionalSecretOutputs: ["stdout"] },
         );
@@ -145,6 +168,7 @@ export class EmbeddedCluster extends pulumi.ComponentResource implements Cluster
         this.provider = new k8s.Provider(`${name}-k8s`, { kubeconfig: this.kubeconfig }, { parent: this });
         this.kubectl = `docker exec ${shq(args.containerName)} kubectl`;
         this.ready = [kubeconfigCmd];
+        this.identity = this.container.id;
         this.registerOutputs({ container: this.container.name, kubeconfig: this.kubeconfig });
     }
 

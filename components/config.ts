@@ -85,6 +85,10 @@ export interface StackConfig {
     readonly sudo: boolean;
     /** Build arg BASE_IMAGE of both images; empty = the Dockerfiles' default. */
     readonly baseImage: string;
+    /** Build both images with PIP_NO_INDEX=1: pip installs only from each image's wheels/ directory. */
+    readonly pipNoIndex: boolean;
+    /** Port of the serving LoadBalancer Service (the guide's 80). */
+    readonly servingPort: number;
     /** Trainer PROMOTION_POLICY. */
     readonly promotionPolicy: PromotionPolicy;
     /** Minutes Pulumi waits for each training Job. */
@@ -152,13 +156,15 @@ export const DEFAULTS = {
     kindClusterName: "kind",
     sudo: true,
     baseImage: "",
+    pipNoIndex: false,
+    servingPort: 80,
     promotionPolicy: "always",
     trainingTimeoutMinutes: 20,
     k3sImage: "rancher/k3s:v1.31.4-k3s1",
     embeddedClusterName: "ops-demo-k3s",
     apiPort: 16443,
     servingHostPort: 8080,
-    mlflowHostPort: 5000,
+    mlflowHostPort: 5050,
     autoscaling: false,
     autoscalingMinReplicas: 2,
     autoscalingMaxReplicas: 10,
@@ -651,6 +657,8 @@ export function loadConfig(raw: RawConfig = pulumiRaw(), home: string = os.homed
             pattern: /^$|^[A-Za-z0-9][A-Za-z0-9._\-/:@]*$/,
             describe: "must be empty (the Dockerfiles' default) or an image reference such as python:3.11-slim",
         }),
+        pipNoIndex: r.bool("pipNoIndex"),
+        servingPort: r.int("servingPort", LIMITS.port.min, LIMITS.port.max),
         promotionPolicy: r.oneOf("promotionPolicy", PROMOTION_POLICIES),
         trainingTimeoutMinutes: r.int("trainingTimeoutMinutes", LIMITS.trainingTimeoutMinutes.min, LIMITS.trainingTimeoutMinutes.max),
         k3sImage: r.str("k3sImage", {

@@ -1,12 +1,12 @@
-/** Loads the built images into the cluster's container runtime; re-runs exactly when an image digest changes. */
+/** Loads the built images into the cluster's container runtime; re-runs exactly when an image digest or the cluster changes. */
 import * as command from "@pulumi/command";
 import * as pulumi from "@pulumi/pulumi";
 import { ImageLoader } from "./config";
-import { BASH, shq, sudoPrefix } from "./shell";
+import { asRootFunction, BASH, resolveProgram, shq } from "./shell";
 import { BuiltImage } from "./images";
 
 export interface ImportOptions {
-    /** Prefix `k3s ctr` with `sudo -n`. */
+    /** Run `k3s ctr` as root (itself when root, else `sudo -n`). */
     readonly sudo: boolean;
     /** Container of the embedded k3s (imageLoader=embedded). */
     readonly embeddedContainer: string;
@@ -14,13 +14,40 @@ export interface ImportOptions {
     readonly kindClusterName: string;
 }
 
-/** The shell command that loads `ref` into the cluster, or undefined for imageLoader=registry and none. */
+/** containerd's name of a Docker short reference (`ops-demo:x` is `docker.io/library/ops-demo:x`). */
+export function containerdName(ref: string): string {
+    const first = ref.split("/")[0];
+    const hasRegistry = ref.includes("/") && (first.includes(".") || first.includes(":") || first === "localhost");
+    if (hasRegistry) {
+        return ref;
+    }
+    return ref.includes("/") ? `docker.io/${ref}` : `docker.io/library/${ref}`;
+}
+
+/**
+ * The shell command that loads `ref` into the cluster, or undefined for imageLoader=registry and none.
+ * The tag carries a hash of the build context, so an image already in containerd under that name is
+ * this very build: it is not imported again (a re-up after destroy, or a second stack).
+ */
 export function importCommand(loader: ImageLoader, ref: string, o: ImportOptions): string | undefined {
+    const name = shq(containerdName(ref));
+    const skipIfPresent = (ctr: string) =>
+        `if ${ctr} images ls -q "name==${containerdName(ref)}" 2>/dev/null | grep -qx ${name}; then echo "${ref}: already in the cluster's containerd, not imported again"; exit 0; fi`;
     switch (loader) {
-        case "k3s":
-            return `set -euo pipefail; docker save ${shq(ref)} | ${sudoPrefix(o.sudo)}k3s ctr images import -`;
-        case "embedded":
-            return `set -euo pipefail; docker save ${shq(ref)} | docker exec -i ${shq(o.embeddedContainer)} ctr images import -`;
+        case "k3s": {
+            const ctr = 'as_root "$k3s" ctr';
+            return [
+                "set -euo pipefail",
+                asRootFunction(o.sudo),
+                resolveProgram("k3s", "k3s", "install k3s, or choose another imageLoader (pulumi config set imageLoader none|kind|registry)"),
+                skipIfPresent(ctr),
+                `docker save ${shq(ref)} | ${ctr} images import -`,
+            ].join("\n");
+        }
+        case "embedded": {
+            const ctr = `docker exec -i ${shq(o.embeddedContainer)} ctr`;
+            return ["set -euo pipefail", skipIfPresent(ctr), `docker save ${shq(ref)} | ${ctr} images import -`].join("\n");
+        }
         case "kind":
             return `set -euo pipefail; kind load docker-image ${shq(ref)} --name ${shq(o.kindClusterName)}`;
         case "registry": // pushed by the build (components/images.ts); nodes pull it
@@ -34,6 +61,8 @@ export interface ImageImportArgs extends ImportOptions {
     readonly loader: ImageLoader;
     /** The images to load, by short name. */
     readonly images: Readonly<Record<string, BuiltImage>>;
+    /** Changes when the cluster is a new one (the embedded cluster's container id): the images are loaded again. */
+    readonly clusterIdentity: pulumi.Input<string>;
 }
 
 export class ImageImport extends pulumi.ComponentResource {
@@ -50,8 +79,9 @@ export class ImageImport extends pulumi.ComponentResource {
             this.commands.push(
                 new command.local.Command(
                     `${name}-${key}`,
-                    // The digest (an Output of the build) is both the trigger and the dependency on the build.
-                    { create, interpreter: BASH, triggers: [image.digest] },
+                    // The digest (an Output of the build) is both a trigger and the dependency on the build;
+                    // the cluster's identity re-runs the import into a replaced cluster (a dependsOn would not).
+                    { create, interpreter: BASH, triggers: [image.digest, args.clusterIdentity] },
                     { parent: this },
                 ),
             );

@@ -16,6 +16,8 @@ export interface ImagesArgs {
     readonly imagesDir: string;
     /** Build arg BASE_IMAGE; empty = the Dockerfile's default (the arg is then not passed). */
     readonly baseImage: string;
+    /** Build arg PIP_NO_INDEX=1: pip installs only from the build context's wheels/. */
+    readonly pipNoIndex?: boolean;
     /** Push to this registry (imageLoader=registry); undefined: local images, never pushed. */
     readonly registry?: RegistryConfig;
 }
@@ -32,14 +34,26 @@ export interface BuiltImage {
     readonly podImage: pulumi.Output<string>;
 }
 
+/**
+ * The platform the images are built for: this machine's, which is the k3s node's when k3s runs here
+ * (said explicitly: the docker provider warns on every preview when it is left implicit).
+ */
+export function buildPlatform(arch: string = process.arch): string {
+    return `linux/${arch === "x64" ? "amd64" : arch}`;
+}
+
 /** The build of one flavour: context, Dockerfile and args. Throws a clear error when the Dockerfile is missing. */
-export function buildSpec(imagesDir: string, flavour: Flavour, baseImage: string): BuildSpec {
+export function buildSpec(imagesDir: string, flavour: Flavour, baseImage: string, pipNoIndex = false): BuildSpec {
     const context = path.join(imagesDir, flavour);
     const dockerfile = path.join(context, "Dockerfile");
     if (!fs.existsSync(dockerfile)) {
         throw new pulumi.RunError(`image ${flavour}: ${dockerfile} not found (each image is built from images/${flavour}/Dockerfile)`);
     }
-    return { context, dockerfile, args: baseImage === "" ? {} : { BASE_IMAGE: baseImage } };
+    return {
+        context,
+        dockerfile,
+        args: { ...(baseImage === "" ? {} : { BASE_IMAGE: baseImage }), ...(pipNoIndex ? { PIP_NO_INDEX: "1" } : {}) },
+    };
 }
 
 export class Images extends pulumi.ComponentResource {
@@ -49,7 +63,7 @@ export class Images extends pulumi.ComponentResource {
     constructor(name: string, args: ImagesArgs, opts?: pulumi.ComponentResourceOptions) {
         super("ops-demo:images:Images", name, {}, opts);
         const build = (flavour: Flavour): BuiltImage => {
-            const spec = buildSpec(args.imagesDir, flavour, args.baseImage);
+            const spec = buildSpec(args.imagesDir, flavour, args.baseImage, args.pipNoIndex);
             const repository = args.registry === undefined ? REPOSITORY : `${args.registry.prefix}/${REPOSITORY}`;
             const ref = imageRef(repository, flavour, spec);
             const creds = args.registry?.credentials;
@@ -58,7 +72,7 @@ export class Images extends pulumi.ComponentResource {
                 {
                     imageName: ref,
                     skipPush: args.registry === undefined,
-                    build: { context: spec.context, dockerfile: spec.dockerfile, args: spec.args },
+                    build: { context: spec.context, dockerfile: spec.dockerfile, args: spec.args, platform: buildPlatform() },
                     ...(args.registry === undefined
                         ? {}
                         : {

@@ -1,10 +1,28 @@
 /** The MLflow tracking server: Deployment `mlflow-server` + Service `mlflow-service:5000` in mlops-training. */
 import * as crypto from "crypto";
+import * as command from "@pulumi/command";
 import * as k8s from "@pulumi/kubernetes";
 import * as pulumi from "@pulumi/pulumi";
 import { COMMON_LABELS, containerSecurityContext, podSecurityContext, prometheusAnnotations, resourceRequirements, TMP_MOUNT, TMP_VOLUME } from "./common";
 import { ContainerResources, MlflowAuthConfig } from "./config";
 import { TRAINING_NAMESPACE } from "./namespaces";
+import { BASH, shq } from "./shell";
+
+/**
+ * Waits (bounded) until every MLflow pod of the Deployment's current revision is ready. The
+ * kubernetes provider's Deployment await reported a Recreate update done while the old pod was gone
+ * and the new one still starting ("Replicas scaled to 0"); the training Jobs start only after this.
+ */
+export function rolloutWaitScript(kubectl: string, namespace: string, deployment: string, timeoutSeconds: number): string {
+    return [
+        "set -uo pipefail",
+        `if ! ${kubectl} rollout status -n ${shq(namespace)} deployment/${shq(deployment)} --timeout=${timeoutSeconds}s; then`,
+        `  echo "MLflow (deployment/${deployment}) did not become ready within ${timeoutSeconds}s; look at: kubectl describe -n ${namespace} deployment/${deployment}; kubectl logs -n ${namespace} deployment/${deployment}" >&2`,
+        `  ${kubectl} get pods -n ${shq(namespace)} -l app=${MLFLOW_DEPLOYMENT} >&2 || true`,
+        "  exit 1",
+        "fi",
+    ].join("\n");
+}
 
 export const MLFLOW_DEPLOYMENT = "mlflow-server";
 export const MLFLOW_SERVICE = "mlflow-service";
@@ -170,6 +188,8 @@ export interface MlflowServerArgs {
     readonly resources: ContainerResources;
     /** Basic auth (`--app-name basic-auth`); undefined: open server. */
     readonly auth?: MlflowAuthConfig;
+    /** Shell prefix running kubectl against the cluster: when set, a command waits for the rollout (`ready`). */
+    readonly kubectl?: string;
 }
 
 const labels = { app: MLFLOW_DEPLOYMENT };
@@ -272,6 +292,8 @@ export class MlflowServer extends pulumi.ComponentResource {
     readonly trackingUri: pulumi.Output<string>;
     /** Name of the Secret with the credentials when basic auth is on (the training Jobs read it). */
     readonly authSecret?: string;
+    /** Done when the server's current revision is ready (what training waits for); undefined without `kubectl`. */
+    readonly ready?: command.local.Command;
 
     constructor(name: string, args: MlflowServerArgs, opts?: pulumi.ComponentResourceOptions) {
         super("ops-demo:mlflow:MlflowServer", name, {}, opts);
@@ -326,6 +348,18 @@ export class MlflowServer extends pulumi.ComponentResource {
             );
         }
         this.trackingUri = pulumi.interpolate`http://${this.service.metadata.name}.${this.service.metadata.namespace}.svc.cluster.local:${MLFLOW_PORT}`;
+        if (args.kubectl !== undefined) {
+            this.ready = new command.local.Command(
+                `${name}-ready`,
+                {
+                    create: rolloutWaitScript(args.kubectl, TRAINING_NAMESPACE, MLFLOW_DEPLOYMENT, 600),
+                    interpreter: BASH,
+                    // the generation changes with every change of the Deployment's spec, and only then
+                    triggers: [this.deployment.metadata.generation],
+                },
+                { parent: this, dependsOn: [this.deployment, this.service] },
+            );
+        }
         this.registerOutputs({ trackingUri: this.trackingUri });
     }
 }

@@ -21,9 +21,15 @@ export function labelValue(text: string): string {
     return s.replace(/^[^A-Za-z0-9]+|[^A-Za-z0-9]+$/g, "");
 }
 
-/** Short hash of everything that makes a run distinct: its parameters, the image and the promotion policy. */
-export function runHash(run: TrainingRun, image: string, promotionPolicy: string): string {
-    const key = JSON.stringify([run.runName, run.nEstimators, run.maxDepth, image, promotionPolicy]);
+/**
+ * Short hash of everything that makes a run distinct: its parameters, the image, the promotion
+ * policy and (`template`) whatever else shapes the Job's pod template (resources, GPUs, credentials,
+ * pull secret): a Job's template is immutable, so any change must give a new Job under a new name
+ * rather than replace one under the same name.
+ */
+export function runHash(run: TrainingRun, image: string, promotionPolicy: string, template = ""): string {
+    const parts: unknown[] = [run.runName, run.nEstimators, run.maxDepth, image, promotionPolicy];
+    const key = JSON.stringify(template === "" ? parts : [...parts, template]);
     return crypto.createHash("sha256").update(key).digest("hex").slice(0, 8);
 }
 
@@ -31,9 +37,9 @@ export function runHash(run: TrainingRun, image: string, promotionPolicy: string
  * The Job name of a run: `iris-training-<slug of runName>-<hash>`, a DNS-1123 label of at most 63
  * characters whatever runName holds; a changed parameter or image gives a new name, so a new Job.
  */
-export function jobName(run: TrainingRun, image: string, promotionPolicy: string): string {
+export function jobName(run: TrainingRun, image: string, promotionPolicy: string, template = ""): string {
     const prefix = "iris-training";
-    const hash = runHash(run, image, promotionPolicy);
+    const hash = runHash(run, image, promotionPolicy, template);
     const room = MAX_NAME - prefix.length - hash.length - 2;
     const slug = dnsSlug(run.runName, room);
     return slug === "" ? `${prefix}-${hash}` : `${prefix}-${slug}-${hash}`;

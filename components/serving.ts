@@ -45,6 +45,34 @@ export interface ServingApiArgs {
     readonly autoscaling?: AutoscalingConfig;
     /** Requests and limits of the serving container. */
     readonly resources: ContainerResources;
+    /** Port of the LoadBalancer Service (the guide's 80). */
+    readonly servicePort?: number;
+}
+
+/**
+ * The Service's readiness as Pulumi awaits it: created (a cluster IP assigned). Pulumi's default
+ * await for a LoadBalancer blocks `pulumi up` for 10 minutes and then fails wherever no address comes
+ * (a default k3s whose Traefik holds the port, kind, kubeadm); the Deployment's readiness already
+ * proves the pods serve, and the port-forward works without an address. Unlike skipAwait, deletion
+ * is still awaited (a same-name replacement needs the old Service gone first).
+ */
+export const SERVICE_WAIT_FOR = "jsonpath={.spec.clusterIP}";
+
+/** The LoadBalancer Service iris-serving-service: `port` -> the pods' 8000. */
+export function servingService(namespace: pulumi.Input<string>, labelsOfService: Record<string, string>, port = 80): k8s.core.v1.ServiceArgs {
+    return {
+        metadata: {
+            name: SERVING_SERVICE,
+            namespace,
+            labels: labelsOfService,
+            annotations: { "pulumi.com/waitFor": SERVICE_WAIT_FOR },
+        },
+        spec: {
+            type: "LoadBalancer",
+            selector: labels,
+            ports: [{ name: "http", port, targetPort: SERVING_PORT, protocol: "TCP" }],
+        },
+    };
 }
 
 const labels = { app: SERVING_DEPLOYMENT };
@@ -180,7 +208,7 @@ export class ServingApi extends pulumi.ComponentResource {
     readonly service: k8s.core.v1.Service;
     /** Labels of the Service (what a ServiceMonitor selects). */
     readonly serviceLabels: Record<string, string> = { ...COMMON_LABELS, ...labels };
-    /** The LoadBalancer's address once assigned ("" while pending). */
+    /** The LoadBalancer's address when `pulumi up` ended ("" while pending: not awaited, see SERVICE_WAIT_FOR). */
     readonly loadBalancerAddress: pulumi.Output<string>;
 
     constructor(name: string, args: ServingApiArgs, opts?: pulumi.ComponentResourceOptions) {
@@ -188,14 +216,7 @@ export class ServingApi extends pulumi.ComponentResource {
         this.deployment = new k8s.apps.v1.Deployment(`${name}-deployment`, servingDeployment(args), { parent: this });
         this.service = new k8s.core.v1.Service(
             `${name}-service`,
-            {
-                metadata: { name: SERVING_SERVICE, namespace: args.namespace, labels: this.serviceLabels },
-                spec: {
-                    type: "LoadBalancer",
-                    selector: labels,
-                    ports: [{ name: "http", port: 80, targetPort: SERVING_PORT, protocol: "TCP" }],
-                },
-            },
+            servingService(args.namespace, this.serviceLabels, args.servicePort),
             { parent: this, dependsOn: [this.deployment] },
         );
         this.disruptionBudget = new k8s.policy.v1.PodDisruptionBudget(`${name}-pdb`, servingDisruptionBudget(args.namespace), {

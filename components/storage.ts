@@ -29,6 +29,8 @@ export interface SharedStorageArgs {
     readonly rootShell: (script: string) => string;
     /** Resources the preparation waits for (the embedded cluster's container). */
     readonly prepareAfter: pulumi.Resource[];
+    /** The cluster's identity: a new cluster gets the directory prepared again. */
+    readonly clusterIdentity: pulumi.Input<string>;
     /**
      * When set, the volumes are this NFS export (`path`) and its `models` directory instead of
      * hostPaths under storageDir; the export is prepared on the NFS server (README), not here.
@@ -111,7 +113,7 @@ export class SharedStorage extends pulumi.ComponentResource {
         if (args.nfs === undefined) {
             this.prepare = new command.local.Command(
                 `${name}-prepare`,
-                { create: args.rootShell(prepareScript(args.storageDir)), interpreter: BASH, triggers: [args.storageDir] },
+                { create: args.rootShell(prepareScript(args.storageDir)), interpreter: BASH, triggers: [args.storageDir, args.clusterIdentity] },
                 { parent: this, dependsOn: args.prepareAfter },
             );
         }

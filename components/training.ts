@@ -81,13 +81,36 @@ export function trainerCommand(run: TrainingRun): string[] {
     ];
 }
 
-/** The Job of one run. Pulumi's own Job await is skipped: the wait command below reports failures better. */
+/**
+ * What, beside the run's parameters, image and promotion policy, shapes a Job's (immutable) pod
+ * template: part of the Job's name, so that changing it gives a new Job instead of replacing one
+ * under the same name.
+ */
+export function templateKey(args: TrainingRunsArgs): string {
+    const extra = {
+        resources: args.resources,
+        gpus: args.gpus ?? 0,
+        gpuRuntimeClass: (args.gpus ?? 0) > 0 ? (args.gpuRuntimeClass ?? "") : "",
+        auth: (args.trackingAuthEnv ?? []).length > 0,
+        pullSecret: args.imagePullSecret !== undefined,
+    };
+    return JSON.stringify(extra);
+}
+
+/**
+ * The Job's readiness as Pulumi awaits it: created (its uid is set). Completion is awaited by the wait
+ * command below, which reports failures better; unlike `pulumi.com/skipAwait`, this still makes
+ * Pulumi wait until a deleted Job is gone before a Job of the same name is created again.
+ */
+export const JOB_WAIT_FOR = "jsonpath={.metadata.uid}";
+
+/** The Job of one run. */
 export function trainingJob(run: TrainingRun, name: string, args: TrainingRunsArgs): k8s.batch.v1.JobArgs {
     const podLabels = {
         ...COMMON_LABELS,
         app: TRAINING_APP,
         "ops-demo/run": labelValue(run.runName) || "run",
-        "ops-demo/run-hash": runHash(run, args.imageRef, args.promotionPolicy),
+        "ops-demo/run-hash": runHash(run, args.imageRef, args.promotionPolicy, templateKey(args)),
     };
     const gpu = gpuPodSettings(args.gpus ?? 0, args.gpuRuntimeClass ?? "");
     return {
@@ -96,7 +119,7 @@ export function trainingJob(run: TrainingRun, name: string, args: TrainingRunsAr
             namespace: args.namespace,
             labels: podLabels,
             annotations: {
-                "pulumi.com/skipAwait": "true",
+                "pulumi.com/waitFor": JOB_WAIT_FOR,
                 "ops-demo/run-name": run.runName,
                 "ops-demo/n-estimators": String(run.nEstimators),
                 "ops-demo/max-depth": String(run.maxDepth),
@@ -139,26 +162,42 @@ export function trainingJob(run: TrainingRun, name: string, args: TrainingRunsAr
 }
 
 /**
- * Waits (bounded by `timeoutMinutes`) until the Job completes; on failure prints where to look
- * (`kubectl logs -n mlops-training job/<name>`) and the last log lines, and exits 1.
+ * Waits (bounded by `timeoutMinutes`) until the Job completes. When it fails or times out it prints
+ * what Kubernetes knows, so the reason shows in `pulumi up` without a kubectl session: the Job's
+ * conditions (e.g. DeadlineExceeded, BackoffLimitExceeded), the warning events of the Job and its
+ * pods (e.g. FailedCreate: a pod the API server refused), each pod's state (waiting reason,
+ * exit code, OOMKilled), the last log lines, where to look further and how to run it again.
  */
-export function waitScript(kubectl: string, namespace: string, name: string, timeoutMinutes: number, pollSeconds = 5): string {
+export function waitScript(kubectl: string, namespace: string, name: string, timeoutMinutes: number, pollSeconds = 5, retry = ""): string {
     const job = `job/${name}`;
+    const ns = `-n ${shq(namespace)}`;
     const look = `look at: kubectl logs -n ${namespace} ${job}  (and kubectl describe -n ${namespace} ${job})`;
+    const again = retry === "" ? "" : `; to run it again after fixing the cause: ${retry}`;
     return [
         "set -uo pipefail",
+        "report() {",
+        `  echo "--- job conditions:" >&2`,
+        `  ${kubectl} get ${ns} ${shq(job)} -o jsonpath='{range .status.conditions[*]}  {.type}={.status} {.reason}: {.message}{"\n"}{end}' >&2 || true`,
+        `  echo "--- warning events of the job and its pods:" >&2`,
+        `  ${kubectl} get events ${ns} --field-selector type=Warning --sort-by=.lastTimestamp -o custom-columns=OBJECT:.involvedObject.name,REASON:.reason,MESSAGE:.message --no-headers 2>/dev/null | grep -F ${shq(name)} | tail -n 10 | sed 's/^/  /' >&2 || true`,
+        `  echo "--- pods:" >&2`,
+        `  ${kubectl} get pods ${ns} -l ${shq(`job-name=${name}`)} -o jsonpath='{range .items[*]}  {.metadata.name} {.status.phase}{range .status.containerStatuses[*]} waiting={.state.waiting.reason} terminated={.state.terminated.reason} exit={.state.terminated.exitCode}{end}{"\n"}{end}' >&2 || true`,
+        `  echo "--- last log lines:" >&2`,
+        `  ${kubectl} logs ${ns} ${shq(job)} --tail=20 >&2 2>&1 || echo "  (no logs: no pod of the job ran)" >&2`,
+        "}",
         `deadline=$((SECONDS + ${Math.round(timeoutMinutes * 60)}))`,
         "while true; do",
-        `  state=$(${kubectl} get -n ${shq(namespace)} ${shq(job)} -o jsonpath='{range .status.conditions[*]}{.type}={.status}{" "}{end}' 2>&1) || state="unreachable: $state"`,
+        `  state=$(${kubectl} get ${ns} ${shq(job)} -o jsonpath='{range .status.conditions[*]}{.type}={.status}{" "}{end}' 2>&1) || state="unreachable: $state"`,
         `  case "$state" in`,
         `    *Complete=True*) echo "training run ${name} completed"; exit 0 ;;`,
         `    *Failed=True*)`,
-        `      echo "training run ${name} failed; ${look}" >&2`,
-        `      ${kubectl} logs -n ${shq(namespace)} ${shq(job)} --tail=20 >&2 || true`,
+        `      echo "training run ${name} failed; ${look}${again}" >&2`,
+        "      report",
         "      exit 1 ;;",
         "  esac",
         "  if (( SECONDS >= deadline )); then",
-        `    echo "training run ${name} did not finish within ${timeoutMinutes} minutes (last state: $state); ${look}" >&2`,
+        `    echo "training run ${name} did not finish within ${timeoutMinutes} minutes (last state: $state); ${look}${again}" >&2`,
+        "    report",
         "    exit 1",
         "  fi",
         `  sleep ${pollSeconds}`,
@@ -177,15 +216,18 @@ export class TrainingRuns extends pulumi.ComponentResource {
         this.jobNames = [];
         this.waits = [];
         for (const run of args.runs) {
-            const jn = jobName(run, args.imageRef, args.promotionPolicy);
+            const jn = jobName(run, args.imageRef, args.promotionPolicy, templateKey(args));
             // A Job's pod template is immutable and its name is fixed: replace it by delete-then-create.
             const job = new k8s.batch.v1.Job(`${name}-${jn}`, trainingJob(run, jn, args), { parent: this, deleteBeforeReplace: true });
             const wait = new command.local.Command(
                 `${name}-${jn}-wait`,
                 {
-                    create: waitScript(args.kubectl, TRAINING_NAMESPACE, jn, args.timeoutMinutes),
+                    create: job.urn.apply((urn) =>
+                        waitScript(args.kubectl, TRAINING_NAMESPACE, jn, args.timeoutMinutes, 5, `pulumi up --replace ${shq(urn)}`),
+                    ),
                     interpreter: BASH,
-                    triggers: [job.metadata.name],
+                    // the uid: a Job replaced under the same name (pulumi up --replace) is waited for again
+                    triggers: [job.metadata.uid],
                 },
                 { parent: this, dependsOn: [job] },
             );

@@ -84,6 +84,11 @@ export class RecordingMocks implements pulumi.runtime.Mocks {
                 state.stdout = String(args.name).endsWith("-kubeconfig") ? FAKE_KUBECONFIG : "";
                 state.stderr = "";
                 break;
+            default:
+                // what the API server adds to every Kubernetes object
+                if (args.type.startsWith("kubernetes:") && typeof args.inputs.metadata === "object") {
+                    state.metadata = { ...args.inputs.metadata, uid: `uid-${args.name}`, generation: 1 };
+                }
         }
         this.resources.push({
             type: args.type,

@@ -121,14 +121,18 @@ describe("the program, stack k3s (the host's k3s)", () => {
         assert.deepStrictEqual((run.outputs.imageRefs as any).training, findResource(run.resources, K.image, "images-training").inputs.imageName);
     });
 
-    it("imports each image with docker save | sudo -n k3s ctr images import -, triggered by the image digest", () => {
+    it("imports each image with docker save | k3s ctr images import - as root, triggered by the image digest and the cluster", () => {
         for (const flavour of ["training", "serving"]) {
             const image = inputs(findResource(run.resources, K.image, `images-${flavour}`));
             const cmd = inputs(findResource(run.resources, K.cmd, `image-import-${flavour}`));
-            assert.ok(cmd.create.endsWith(`docker save ${image.imageName} | sudo -n k3s ctr images import -`), cmd.create);
+            assert.ok(cmd.create.endsWith(`docker save ${image.imageName} | as_root "$k3s" ctr images import -`), cmd.create);
+            assert.match(cmd.create, /sudo -n "\$@"/);
             assert.match(cmd.create, /set -euo pipefail/);
             assert.deepStrictEqual(cmd.interpreter, ["/bin/bash", "-c"]);
-            assert.deepStrictEqual(cmd.triggers, [`sha256:${crypto.createHash("sha256").update(image.imageName).digest("hex")}`]);
+            assert.deepStrictEqual(cmd.triggers, [
+                `sha256:${crypto.createHash("sha256").update(image.imageName).digest("hex")}`,
+                "/etc/rancher/k3s/k3s.yaml#",
+            ]);
         }
     });
 
@@ -145,7 +149,7 @@ describe("the program, stack k3s (the host's k3s)", () => {
         const prep = inputs(findResource(run.resources, K.cmd, "storage-prepare"));
         const dir = run.outputs.storageDir as string;
         assert.strictEqual(dir, `${os.homedir()}/ops-demo-data/mlops`);
-        assert.match(prep.create, /^sudo -n sh -c /);
+        assert.match(prep.create, /^as_root\(\) \{\n[^]*sudo -n "\$@"[^]*\nas_root \/bin\/sh -c /);
         assert.ok(prep.create.includes(`mkdir -p ${dir} ${dir}/mlflow ${dir}/mlflow/artifacts ${dir}/models`), prep.create);
         assert.ok(prep.create.includes(`chown -R 10001:10001 ${dir}`), prep.create);
         assert.doesNotMatch(prep.create, /chmod/);
@@ -251,15 +255,18 @@ describe("the program, stack k3s (the host's k3s)", () => {
         assert.ok(wait.create.includes(`kubectl logs -n mlops-training job/${name}`), wait.create);
         assert.ok(wait.create.includes(`kubectl --kubeconfig /etc/rancher/k3s/k3s.yaml get -n mlops-training job/${name}`), wait.create);
         assert.match(wait.create, /deadline=\$\(\(SECONDS \+ 1200\)\)/);
-        assert.deepStrictEqual(wait.triggers, [name]);
-        assert.strictEqual(inputs(job).metadata.annotations["pulumi.com/skipAwait"], "true");
+        assert.deepStrictEqual(wait.triggers, [`uid-${job.name}`]);
+        assert.match(wait.create, /to run it again after fixing the cause: pulumi up --replace 'urn:pulumi:[^']*kubernetes:batch\/v1:Job::training-iris-training-baseline-/);
+        // created is enough for Pulumi (the wait reports completion); deletion stays awaited
+        assert.strictEqual(inputs(job).metadata.annotations["pulumi.com/waitFor"], "jsonpath={.metadata.uid}");
+        assert.strictEqual(inputs(job).metadata.annotations["pulumi.com/skipAwait"], undefined);
     });
 
     it("exports how to reach MLflow and the serving API", () => {
         assert.strictEqual(run.outputs.mlflowPortForward, "kubectl port-forward -n mlops-training svc/mlflow-service 5000:5000");
         assert.strictEqual(run.outputs.servingPortForward, "kubectl port-forward -n mlops-serving svc/iris-serving-service 8000:80");
         assert.match(run.outputs.predictExample as string, /^curl -X POST http:\/\/localhost:8000\/predict .*"features": \[5\.1, 3\.5, 1\.4, 0\.2\]/);
-        assert.strictEqual(run.outputs.kubeconfig, undefined);
+        assert.strictEqual(run.outputs.kubeconfig, "/etc/rancher/k3s/k3s.yaml");
     });
 });
 
@@ -309,7 +316,7 @@ describe("the program, stack dev (k3s in a Docker container made by the stack)",
         assert.strictEqual(c.privileged, true);
         assert.strictEqual(c.command[0], "server");
         const ports = c.ports.map((p: any) => [p.internal, p.external, p.ip]);
-        assert.deepStrictEqual(ports, [[6443, 16443, "127.0.0.1"], [80, 8080, "127.0.0.1"], [30500, 5000, "127.0.0.1"]]);
+        assert.deepStrictEqual(ports, [[6443, 16443, "127.0.0.1"], [80, 8080, "127.0.0.1"], [30500, 5050, "127.0.0.1"]]);
         const dir = run.outputs.storageDir;
         assert.deepStrictEqual(c.volumes, [{ hostPath: dir, containerPath: dir }]);
     });
@@ -332,8 +339,10 @@ describe("the program, stack dev (k3s in a Docker container made by the stack)",
             const image = inputs(findResource(run.resources, K.image, `images-${flavour}`));
             const cmd = inputs(findResource(run.resources, K.cmd, `image-import-${flavour}`));
             assert.ok(cmd.create.endsWith(`docker save ${image.imageName} | docker exec -i ops-demo-k3s ctr images import -`), cmd.create);
-            assert.strictEqual(cmd.triggers.length, 1);
+            // the digest, and the container's id: a replaced cluster gets the images again
+            assert.strictEqual(cmd.triggers.length, 2);
             assert.match(cmd.triggers[0], /^sha256:/);
+            assert.strictEqual(cmd.triggers[1], "cluster-node-id");
         }
     });
 
@@ -351,7 +360,7 @@ describe("the program, stack dev (k3s in a Docker container made by the stack)",
         assert.strictEqual(np.spec.type, "NodePort");
         assert.deepStrictEqual(np.spec.selector, { app: "mlflow-server" });
         assert.strictEqual(np.spec.ports[0].nodePort, 30500);
-        assert.strictEqual(run.outputs.mlflowUrl, "http://localhost:5000");
+        assert.strictEqual(run.outputs.mlflowUrl, "http://localhost:5050");
         assert.strictEqual(run.outputs.servingUrl, "http://localhost:8080");
         assert.match(run.outputs.predictExample as string, /^curl -X POST http:\/\/localhost:8080\/predict/);
         assert.ok(String(run.outputs.kubeconfig).includes("kind: Config"));
@@ -359,7 +368,11 @@ describe("the program, stack dev (k3s in a Docker container made by the stack)",
 
     it("has the same Kubernetes objects as the k3s stack, plus the NodePort", async () => {
         const k3s = await load("k3s");
-        const names = (r: ProgramRun) => kubernetesObjects(r.resources).map((o) => `${o.type} ${inputs(o).metadata.name}`).sort();
+        // Job names carry a hash of the pod template, whose resources differ per stack
+        const names = (r: ProgramRun) =>
+            kubernetesObjects(r.resources)
+                .map((o) => `${o.type} ${String(inputs(o).metadata.name).replace(/^(iris-training-.*-)[0-9a-f]{8}$/, "$1<hash>")}`)
+                .sort();
         assert.deepStrictEqual(
             names(run).filter((n) => !n.endsWith(" mlflow-nodeport")),
             names(k3s),
@@ -384,7 +397,10 @@ describe("other image loaders", () => {
 
     it("sudo=false: k3s ctr and the storage preparation run without sudo", async () => {
         const run = await load("k3s", { sudo: "false" });
-        assert.match(inputs(findResource(run.resources, K.cmd, "image-import-training")).create, /\| k3s ctr images import -$/);
-        assert.match(inputs(findResource(run.resources, K.cmd, "storage-prepare")).create, /^sh -c /);
+        for (const name of ["image-import-training", "storage-prepare"]) {
+            const create = inputs(findResource(run.resources, K.cmd, name)).create;
+            assert.match(create, /^as_root\(\) \{ "\$@"; \}$/m, name);
+            assert.doesNotMatch(create, /sudo/, name);
+        }
     });
 });

@@ -68,7 +68,7 @@ describe("npm run render", () => {
         const job = resources.find((r: any) => r.type === "kubernetes:batch/v1:Job");
         assert.ok(job.inputs.spec.template.spec.containers[0].command.includes("300"));
         const importCmd = resources.find((r: any) => r.name === "image-import-training");
-        assert.match(importCmd.inputs.create, /docker save ops-demo:training-[0-9a-f]{12} \| sudo -n k3s ctr images import -$/);
+        assert.match(importCmd.inputs.create, /docker save ops-demo:training-[0-9a-f]{12} \| as_root "\$k3s" ctr images import -$/);
         const files = fs.readdirSync(path.join(out, "k8s")).sort();
         assert.deepStrictEqual(files, [...done.manifests].sort());
         for (const f of [
