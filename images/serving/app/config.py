@@ -43,6 +43,31 @@ class Settings(BaseSettings):
             "of 5 s kills busy workers mid-request on a loaded node"
         ),
     )
+    max_header_bytes: int = Field(
+        16384,
+        ge=1024,
+        le=1048576,
+        description="request line plus headers of one request, in bytes; over it: 431 and the connection closed",
+    )
+    max_headers: int = Field(100, ge=8, le=1000, description="header fields in one request; over it: 431")
+    header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="from a connection's opening (or a request's first byte) until its headers are complete; then 408",
+    )
+    body_timeout_seconds: float = Field(
+        30.0, gt=0, le=3600, description="from a request's headers until its whole body has arrived; then 408"
+    )
+    keep_alive_timeout_seconds: float = Field(
+        5.0, gt=0, le=600, description="an idle keep-alive connection is closed after this many seconds"
+    )
+    max_connections: int = Field(
+        512,
+        ge=1,
+        le=100_000,
+        description="open connections per worker; a connection beyond them gets 503 and is closed at once",
+    )
     log_level: str = Field("info", description="critical, error, warning, info or debug")
     access_log: bool = Field(False, description="log every request (off by default: it costs on the hot path)")
 

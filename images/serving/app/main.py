@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 from collections.abc import AsyncIterator
@@ -12,13 +11,19 @@ from datetime import UTC, datetime
 
 import numpy as np
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.staticfiles import StaticFiles
+from swagger_ui_bundle import swagger_ui_path
 
 from .config import Settings
+from .inputs import MAX_BODY_BYTES, BodyBudget, InputError, decode_json, read_body, validation_problems
 from .metrics import Metrics, MetricsMiddleware, worker_exiting
 from .model import LoadedModel, ModelHolder
+from .protocols import Serving, add_mlflow_routes, add_v2_routes
 from .schemas import MAX_BATCH, BatchPredictResponse, PredictRequest, PredictResponse
 
 log = logging.getLogger("app")
@@ -29,37 +34,30 @@ INLINE_MAX_ROWS = 16
 INLINE_PATHS = frozenset({"table", "trees"})
 """Inference paths cheap enough for the event loop at INLINE_MAX_ROWS rows (microseconds; trees: ~0.5 ms)."""
 
-MAX_BODY_BYTES = 1024 * 1024
-"""Bodies above this are refused with 413 before parsing (a full batch of MAX_BATCH rows is ~60 KB)."""
+APP_VERSION = "1.0.0"
+
+DOCS_ASSETS = "/docs/assets"
+"""Swagger UI's JS and CSS, served from the image (the swagger-ui-bundle-v2 package): no CDN needed."""
 
 
-def _field(loc) -> str:
-    """("instances", 2, 0) -> "instances[2][0]"; the body itself -> "body"."""
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "body"
+def _unprocessable(errors: list[dict], status: int = 422, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"detail": errors}, headers=headers)
 
 
-def _unprocessable(errors: list[dict]) -> JSONResponse:
-    return JSONResponse(status_code=422, content={"detail": errors})
-
-
-def _validation_errors(exc: ValidationError) -> list[dict]:
-    out = []
-    for err in exc.errors(include_url=False, include_input=False):
-        loc = list(err["loc"])
-        msg = err["msg"]
-        if err["type"] == "value_error":
-            msg = msg.removeprefix("Value error, ")
-        out.append({"field": _field(loc), "loc": ["body", *loc], "msg": msg, "type": err["type"]})
-    return out
+def _add_head_routes(app: FastAPI) -> None:
+    """HEAD beside every GET (uptime checkers and load balancers send HEAD); not listed in the OpenAPI."""
+    for route in list(app.router.routes):
+        if isinstance(route, APIRoute) and "GET" in route.methods and "HEAD" not in route.methods:
+            app.add_api_route(
+                route.path, route.endpoint, methods=["HEAD"], include_in_schema=False, name=f"{route.name}_head"
+            )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     holder = ModelHolder(settings.models_dir, settings.model_name, swap_delay=settings.swap_delay_seconds)
     metrics = Metrics()
+    budget = BodyBudget()
     retry_after = str(max(1, math.ceil(settings.reload_interval_seconds)))
 
     reported: list[LoadedModel | None] = [None]  # the model the metrics show as loaded
@@ -111,8 +109,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "Predicts the Iris species from 4 measurements with the model promoted in MLflow and exported "
             f"to the shared models volume. Batches hold at most {MAX_BATCH} instances."
         ),
-        version="1.0.0",
+        version=APP_VERSION,
         lifespan=lifespan,
+        docs_url=None,  # served below with Swagger UI's files from the image
+        redoc_url=None,  # ReDoc would load its script from a CDN
     )
     app.state.settings = settings
     app.state.holder = holder
@@ -175,33 +175,74 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": request_schema}}}},
     )
     async def predict(request: Request) -> Response:
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_BODY_BYTES:
-                return JSONResponse(status_code=413, content={"detail": f"body exceeds {MAX_BODY_BYTES} bytes"})
         try:
-            payload = json.loads(body)  # NaN/Infinity parse here and are refused by validation below
-        except (ValueError, UnicodeDecodeError) as exc:
-            reason = "empty body" if not body else f"not valid JSON: {exc}"
-            return _unprocessable([{"field": "body", "loc": ["body"], "msg": reason, "type": "json_invalid"}])
+            body = await read_body(request, budget)
+            payload = decode_json(body)
+        except InputError as exc:
+            headers = {"Connection": "close"} if exc.close else None
+            if exc.status == 503:
+                headers = {**(headers or {}), "Retry-After": "1"}
+            if exc.status in (413, 503, 408):
+                # 413 and 503 keep their plain {"detail": "<reason>"} form
+                return JSONResponse(status_code=exc.status, content={"detail": exc.errors[0]["msg"]}, headers=headers)
+            return _unprocessable(exc.errors, headers=headers)
         try:
             req = PredictRequest.model_validate(payload)
         except ValidationError as exc:
-            return _unprocessable(_validation_errors(exc))
+            return _unprocessable(validation_problems(exc))
+        except RecursionError:
+            return _unprocessable(
+                [{"field": "body", "loc": ["body"], "msg": "nested too deeply", "type": "value_error"}]
+            )
         model = holder.current  # one model object for the whole request
         if model is None:
             return not_ready()
         single = req.features is not None
         rows = np.array([req.features] if single else req.instances, dtype=np.float64)
-        if model.inference in INLINE_PATHS and len(rows) <= INLINE_MAX_ROWS:
-            proba = model.predict_proba(rows)  # cheaper than a thread hop
-        else:
-            proba = await run_in_threadpool(model.predict_proba, rows)
+        proba = await predict_proba(model, rows)
         content, ids = model.renderer.single(proba) if single else model.renderer.batch(proba)
         metrics.count_predictions(model.class_names, np.bincount(ids, minlength=len(model.class_names)))
         return Response(content, media_type="application/json")
 
+    async def predict_proba(model: LoadedModel, rows: np.ndarray) -> np.ndarray:
+        if model.inference in INLINE_PATHS and len(rows) <= INLINE_MAX_ROWS:
+            return model.predict_proba(rows)  # cheaper than a thread hop
+        return await run_in_threadpool(model.predict_proba, rows)
+
+    async def predict_counted(model: LoadedModel, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        proba = await predict_proba(model, rows)
+        if not np.isfinite(proba).all():
+            raise ValueError("the model returned non-finite probabilities")
+        ids = proba.argmax(axis=1)
+        metrics.count_predictions(model.class_names, np.bincount(ids, minlength=len(model.class_names)))
+        return proba, ids
+
+    serving = Serving(
+        holder=holder,
+        model_name=settings.model_name,
+        version=APP_VERSION,
+        budget=budget,
+        retry_after=retry_after,
+        predict=predict_counted,
+    )
+    add_v2_routes(app, serving)
+    add_mlflow_routes(app, serving)
+
+    # /docs without internet: Swagger UI's files come from the image, not from a CDN.
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=root + (app.openapi_url or "/openapi.json"),
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon-32x32.png",
+        )
+
+    _add_head_routes(app)
     return app
 
 

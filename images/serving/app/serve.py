@@ -64,6 +64,9 @@ def main() -> int:
 
     uvicorn.run(
         "app.main:app",
+        # httptools with bounded headers, read deadlines and a connection cap (app/protocol.py)
+        http="app.protocol:LimitedHttpToolsProtocol",
+        timeout_keep_alive=settings.keep_alive_timeout_seconds,
         host=settings.host,
         port=settings.port,
         workers=settings.workers,

@@ -18,6 +18,7 @@ for p in (SERVING_DIR, TRAINING_DIR):
         sys.path.insert(0, str(p))
 
 from fastapi.testclient import TestClient  # noqa: E402
+from serving_helpers import Server  # noqa: E402
 from trainer.export import make_metadata, publish_model, write_pointer  # noqa: E402
 from trainer.model import TrainResult, train_model  # noqa: E402
 
@@ -93,3 +94,18 @@ def client(make_client, publish, trained) -> TestClient:
     """A client over a published model version 1 (the small one)."""
     publish(trained["small"], 1)
     return make_client()
+
+
+@pytest.fixture
+def start_server(tmp_path, models_dir):
+    servers: list[Server] = []
+
+    def _start(**env: str) -> Server:
+        server = Server(tmp_path, models_dir, **env)
+        servers.append(server)
+        server.wait_until_up()
+        return server
+
+    yield _start
+    for server in servers:
+        server.stop()

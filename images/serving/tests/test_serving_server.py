@@ -5,8 +5,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,84 +16,6 @@ from serving_helpers import GUIDE_REQUEST, metric_value, wait_for
 SERVING_DIR = Path(__file__).resolve().parents[1]
 BODY = json.dumps(GUIDE_REQUEST).encode()
 HEADERS = {"Content-Type": "application/json"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, tmp_path: Path, models_dir: Path, **env: str) -> None:
-        self.port = free_port()
-        self.log_path = tmp_path / "server.log"
-        self.multiproc_dir = tmp_path / "prom"
-        full_env = {
-            **os.environ,
-            "PYTHONPATH": str(SERVING_DIR),
-            "MODELS_DIR": str(models_dir),
-            "MODEL_NAME": "iris-classifier",
-            "HOST": "127.0.0.1",
-            "PORT": str(self.port),
-            "WORKERS": "2",
-            "RELOAD_INTERVAL_SECONDS": "0.2",
-            "PROMETHEUS_MULTIPROC_DIR": str(self.multiproc_dir),
-            **env,
-        }
-        self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app.serve"], cwd=SERVING_DIR, env=full_env, stdout=self.log, stderr=self.log
-        )
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, http.client.HTTPMessage, bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        try:
-            conn.request(method, path, body=body, headers=HEADERS if body else {})
-            resp = conn.getresponse()
-            return resp.status, resp.headers, resp.read()
-        finally:
-            conn.close()
-
-    def wait_until_up(self, timeout: float = 60) -> None:
-        def up() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.logs()}")
-            try:
-                return self.request("GET", "/health")[0] == 200
-            except OSError:
-                return False
-
-        wait_for(up, timeout=timeout, interval=0.1, what=f"the server on port {self.port}")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self.log.close()
-        return self.proc.returncode
-
-
-@pytest.fixture
-def start_server(tmp_path, models_dir):
-    servers: list[Server] = []
-
-    def _start(**env: str) -> Server:
-        server = Server(tmp_path, models_dir, **env)
-        servers.append(server)
-        server.wait_until_up()
-        return server
-
-    yield _start
-    for server in servers:
-        server.stop()
 
 
 class Client(threading.Thread):

@@ -1,0 +1,324 @@
+"""The protocols peers' clients speak, beside /predict, over the same model, validation and metrics.
+
+- Open Inference Protocol (V2) of KServe, MLServer and Triton: ``/v2``, ``/v2/health/live``,
+  ``/v2/health/ready``, ``/v2/models/{name}[/versions/{version}]``, ``.../ready``, ``.../infer``;
+  one input tensor ``[n, 4]`` of FP32 or FP64, outputs ``predict`` (INT64 class ids) and
+  ``predict_proba`` (FP64); errors ``{"error": "..."}``.
+- MLflow's scoring protocol (``mlflow models serve``): ``POST /invocations`` with
+  ``dataframe_split``, ``dataframe_records``, ``instances`` or ``inputs``, answering
+  ``{"predictions": [class id, ...]}`` as MLflow does for the trainer's model (its signature is
+  one float64 tensor of shape (-1, 4), so columns are taken by position); ``GET /ping``,
+  ``GET /version``; errors ``{"error_code": "BAD_REQUEST", "message": "..."}``.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .inputs import (
+    BodyBudget,
+    InputError,
+    bad,
+    columns_array,
+    decode_json,
+    read_body,
+    records_array,
+    rows_array,
+    validation_problems,
+)
+from .model import N_FEATURES, LoadedModel, ModelHolder
+from .schemas import MAX_BATCH
+
+
+@dataclass
+class Serving:
+    """What the protocol routes share with /predict (one per app)."""
+
+    holder: ModelHolder
+    model_name: str
+    version: str
+    budget: BodyBudget
+    retry_after: str
+    predict: Callable[[LoadedModel, np.ndarray], Awaitable[tuple[np.ndarray, np.ndarray]]]
+    """(model, rows) -> (probabilities, class ids), the predictions counted in the metrics."""
+
+
+def _close_headers(exc: InputError, extra: dict | None = None) -> dict:
+    headers = dict(extra or {})
+    if exc.close:
+        headers["Connection"] = "close"
+    if exc.status == 503:
+        headers["Retry-After"] = "1"
+    return headers
+
+
+# -- Open Inference Protocol (V2) ---------------------------------------------------------------------
+V2_INPUT = "input-0"
+V2_OUTPUTS = ("predict", "predict_proba")
+V2_DATATYPES = ("FP32", "FP64")
+
+
+class _V2Input(BaseModel):
+    model_config = ConfigDict(strict=True)
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict | None = None
+    data: list[Any]
+
+
+class _V2Output(BaseModel):
+    model_config = ConfigDict(strict=True)
+    name: str
+    parameters: dict | None = None
+
+
+class _V2Request(BaseModel):
+    model_config = ConfigDict(strict=True)
+    id: str | None = None
+    parameters: dict | None = None
+    inputs: list[_V2Input] = Field(min_length=1)
+    outputs: list[_V2Output] | None = None
+
+
+def v2_rows(payload: Any) -> tuple[np.ndarray, _V2Request]:
+    """The rows of a V2 inference request (one tensor [n, 4] of FP32 or FP64), or InputError naming the field."""
+    try:
+        req = _V2Request.model_validate(payload)
+    except ValidationError as exc:
+        raise InputError(validation_problems(exc)) from None
+    if len(req.inputs) != 1:
+        raise bad(("inputs",), f"this model takes one input tensor of shape [n, {N_FEATURES}], got {len(req.inputs)}")
+    tensor = req.inputs[0]
+    loc = ("inputs", 0)
+    if tensor.datatype not in V2_DATATYPES:
+        raise bad((*loc, "datatype"), f"must be one of {', '.join(V2_DATATYPES)}, got {tensor.datatype!r}")
+    shape = tensor.shape
+    if len(shape) != 2 or shape[1] != N_FEATURES or not 1 <= shape[0] <= MAX_BATCH:
+        raise bad((*loc, "shape"), f"must be [n, {N_FEATURES}] with 1 <= n <= {MAX_BATCH}, got {shape}")
+    n = shape[0]
+    data = tensor.data
+    if data and isinstance(data[0], list):  # nested, as the spec allows
+        if len(data) != n:
+            raise bad((*loc, "data"), f"holds {len(data)} rows, the shape says {n}")
+        rows = rows_array(data, (*loc, "data"))
+    else:  # flat, row-major
+        if len(data) != n * N_FEATURES:
+            raise bad((*loc, "data"), f"holds {len(data)} values, the shape {shape} needs {n * N_FEATURES}")
+        rows = rows_array([data[i : i + N_FEATURES] for i in range(0, len(data), N_FEATURES)], (*loc, "data"))
+    if tensor.datatype == "FP32":
+        with np.errstate(over="ignore"):
+            rows32 = rows.astype(np.float32)
+        if not np.isfinite(rows32).all():
+            raise bad((*loc, "data"), "values must be finite FP32 numbers (one overflows float32)")
+        rows = rows32.astype(np.float64)
+    for i, out in enumerate(req.outputs or []):
+        if out.name not in V2_OUTPUTS:
+            raise bad(("outputs", i, "name"), f"unknown output {out.name!r}; this model has {', '.join(V2_OUTPUTS)}")
+    return rows, req
+
+
+def add_v2_routes(app: FastAPI, s: Serving) -> None:
+    def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+        return JSONResponse(status_code=status, content={"error": message}, headers=headers)
+
+    def not_ready() -> JSONResponse:
+        return error(503, f"model {s.model_name} is not loaded yet", {"Retry-After": s.retry_after})
+
+    def find(name: str, version: str | None) -> LoadedModel | JSONResponse:
+        if name != s.model_name:
+            return error(404, f"model {name!r} is not served here (this server serves {s.model_name!r})")
+        model = s.holder.current
+        if model is None:
+            return not_ready()
+        if version is not None and version != model.version:
+            return error(404, f"model {name} version {version!r} is not served (serving version {model.version})")
+        return model
+
+    tags = ["Open Inference Protocol (V2)"]
+
+    @app.get("/v2", tags=tags, summary="Server metadata")
+    async def v2_server() -> dict:
+        return {"name": "ops-demo-serving", "version": s.version, "extensions": []}
+
+    @app.get("/v2/health/live", tags=tags, summary="Server live (always, like /health)")
+    async def v2_live() -> dict:
+        return {"live": True}
+
+    @app.get("/v2/health/ready", tags=tags, summary="Server ready: the model is loaded")
+    async def v2_ready() -> JSONResponse:
+        if s.holder.current is None:
+            return JSONResponse(status_code=503, content={"ready": False}, headers={"Retry-After": s.retry_after})
+        return JSONResponse({"ready": True})
+
+    async def metadata(model_name: str, model_version: str | None = None) -> Response:
+        model = find(model_name, model_version)
+        if isinstance(model, Response):
+            return model
+        return JSONResponse(
+            {
+                "name": s.model_name,
+                "versions": [model.version],
+                "platform": "scikit-learn",
+                "inputs": [{"name": V2_INPUT, "datatype": "FP64", "shape": [-1, N_FEATURES]}],
+                "outputs": [
+                    {"name": "predict", "datatype": "INT64", "shape": [-1]},
+                    {"name": "predict_proba", "datatype": "FP64", "shape": [-1, len(model.class_names)]},
+                ],
+                "parameters": {"feature_names": list(model.feature_names), "class_names": list(model.class_names)},
+            }
+        )
+
+    async def model_ready(model_name: str, model_version: str | None = None) -> Response:
+        model = find(model_name, model_version)
+        if isinstance(model, Response):
+            if model.status_code == 503:
+                return JSONResponse(
+                    status_code=503,
+                    content={"name": model_name, "ready": False},
+                    headers={"Retry-After": s.retry_after},
+                )
+            return model
+        return JSONResponse({"name": s.model_name, "ready": True})
+
+    async def infer(request: Request, model_name: str, model_version: str | None = None) -> Response:
+        try:
+            body = await read_body(request, s.budget)
+            rows, req = v2_rows(decode_json(body))
+        except InputError as exc:
+            return error(exc.status or 400, exc.message(), _close_headers(exc))
+        model = find(model_name, model_version)
+        if isinstance(model, Response):
+            return model
+        proba, ids = await s.predict(model, rows)
+        wanted = [o.name for o in req.outputs] if req.outputs else list(V2_OUTPUTS)
+        outputs = []
+        for name in wanted:
+            if name == "predict":
+                outputs.append({"name": name, "datatype": "INT64", "shape": [len(ids)], "data": ids.tolist()})
+            else:
+                outputs.append(
+                    {"name": name, "datatype": "FP64", "shape": list(proba.shape), "data": proba.ravel().tolist()}
+                )
+        answer = {
+            "model_name": s.model_name,
+            "model_version": model.version,
+            "id": req.id if req.id is not None else str(uuid.uuid4()),
+            "parameters": {},
+            "outputs": outputs,
+        }
+        return Response(json.dumps(answer, separators=(",", ":")), media_type="application/json")
+
+    responses = {
+        400: {"description": '{"error": "<field>: <reason>"}'},
+        404: {"description": "unknown model or version"},
+        413: {"description": "body too large"},
+        503: {"description": "no model loaded yet (Retry-After)"},
+    }
+    for prefix in ("/v2/models/{model_name}", "/v2/models/{model_name}/versions/{model_version}"):
+        app.add_api_route(prefix, metadata, methods=["GET"], tags=tags, summary="Model metadata")
+        app.add_api_route(f"{prefix}/ready", model_ready, methods=["GET"], tags=tags, summary="Model ready")
+        app.add_api_route(
+            f"{prefix}/infer",
+            infer,
+            methods=["POST"],
+            tags=tags,
+            summary=f"Inference: one input [n, {N_FEATURES}] FP32/FP64 -> predict, predict_proba",
+            responses=responses,
+            openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {}}}}},
+        )
+
+
+# -- MLflow scoring protocol ---------------------------------------------------------------------------
+MLFLOW_FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+
+
+def mlflow_rows(payload: Any) -> np.ndarray:
+    """The rows of an /invocations JSON body, read as `mlflow models serve` reads them for a (-1, 4) tensor."""
+    if not isinstance(payload, dict):
+        raise bad((), f"must be a JSON object with one of the keys {', '.join(MLFLOW_FORMATS)}")
+    keys = [k for k in MLFLOW_FORMATS if k in payload]
+    if len(keys) != 1:
+        raise bad((), f"must have exactly one of the keys {', '.join(MLFLOW_FORMATS)}; got {sorted(payload)}")
+    key = keys[0]
+    value = payload[key]
+    if key == "dataframe_split":
+        if not isinstance(value, dict) or "data" not in value:
+            raise bad((key,), "must be an object with 'data' (and optionally 'columns' and 'index')")
+        unknown = sorted(set(value) - {"columns", "data", "index"})
+        if unknown:
+            raise bad((key,), f"unexpected keys {unknown}; allowed: columns, data, index")
+        columns = value.get("columns")
+        if columns is not None and (not isinstance(columns, list) or len(columns) != N_FEATURES):
+            raise bad((key, "columns"), f"must list {N_FEATURES} columns (taken by position), got {columns!r}")
+        return rows_array(value["data"], (key, "data"))
+    if key == "dataframe_records":
+        return records_array(value, (key,))
+    if isinstance(value, dict):  # columnar: {"column": [values], ...}
+        return columns_array(value, (key,))
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return records_array(value, (key,))
+    return rows_array(value, (key,))
+
+
+def add_mlflow_routes(app: FastAPI, s: Serving) -> None:
+    def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+        return JSONResponse(
+            status_code=status, content={"error_code": "BAD_REQUEST", "message": message}, headers=headers
+        )
+
+    tags = ["MLflow scoring protocol"]
+
+    @app.get("/ping", tags=tags, summary="MLflow health: 200 once the model is loaded")
+    async def ping() -> Response:
+        if s.holder.current is None:
+            return Response(
+                "\n", status_code=503, media_type="application/json", headers={"Retry-After": s.retry_after}
+            )
+        return Response("\n", media_type="application/json")
+
+    @app.get("/version", tags=tags, summary="Server version (plain text)")
+    async def version() -> Response:
+        return Response(s.version, media_type="text/plain")
+
+    @app.post(
+        "/invocations",
+        tags=tags,
+        summary="MLflow scoring: dataframe_split, dataframe_records, instances or inputs -> predictions",
+        responses={
+            400: {"description": '{"error_code": "BAD_REQUEST", "message": "<field>: <reason>"}'},
+            413: {"description": "body too large"},
+            415: {"description": "not application/json"},
+            503: {"description": "no model loaded yet (Retry-After)"},
+        },
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {}}}}},
+    )
+    async def invocations(request: Request) -> Response:
+        content_type = request.headers.get("content-type", "")
+        mime, *params = [p.strip() for p in content_type.split(";")]
+        charset = [p.partition("=")[2].strip().lower() for p in params if p.lower().startswith("charset=")]
+        if mime.lower() != "application/json" or any(c != "utf-8" for c in charset) or len(charset) != len(params):
+            return error(
+                415,
+                f"content type must be application/json (charset utf-8); got {content_type!r}",
+                {"Connection": "close"},
+            )
+        try:
+            body = await read_body(request, s.budget)
+            rows = mlflow_rows(decode_json(body))
+        except InputError as exc:
+            return error(exc.status or 400, exc.message(), _close_headers(exc))
+        model = s.holder.current
+        if model is None:
+            return error(503, f"model {s.model_name} is not loaded yet", {"Retry-After": s.retry_after})
+        _, ids = await s.predict(model, rows)
+        return Response('{"predictions":[' + ",".join(map(str, ids.tolist())) + "]}", media_type="application/json")
