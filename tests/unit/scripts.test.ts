@@ -53,7 +53,7 @@ describe("scripts/up prerequisites", () => {
         assert.match(r.stderr, /docker: installed but the daemon is not reachable/);
         const { docker: _omit, ...rest } = ALL;
         r = check("dev", rest);
-        assert.match(r.stderr, /docker: not found\. Install Docker Engine/);
+        assert.match(r.stderr, /docker: not found\. Every stack builds its images with Docker.*install Docker Engine/);
     });
 
     it("asks for k3s and kubectl only for the k3s stack", () => {
@@ -63,6 +63,22 @@ describe("scripts/up prerequisites", () => {
         assert.strictEqual(r.status, 1);
         assert.match(r.stderr, /k3s: not found\. Install it: curl -sfL https:\/\/get\.k3s\.io/);
         assert.match(r.stderr, /kubectl: not found/);
+    });
+
+    it("points DOCKER_HOST at the current docker context's endpoint (colima, Rancher Desktop, rootless)", () => {
+        const colima = "unix:///home/u/.colima/default/docker.sock";
+        const docker = `[ "$1 $2" = "context inspect" ] && { echo ${colima}; exit 0; }
+[ "$1" = info ] && { [ "$DOCKER_HOST" = ${colima} ] && exit 0; echo "Cannot connect to the Docker daemon" >&2; exit 1; }
+exit 0`;
+        const r = check("dev", { ...ALL, docker });
+        assert.strictEqual(r.status, 0, r.stderr);
+        assert.match(r.stdout, /using the current docker context's endpoint, DOCKER_HOST=unix:\/\/\/home\/u\/\.colima/);
+    });
+
+    it("says that every stack needs Docker, whatever the image loader", () => {
+        const { docker: _omit, ...rest } = ALL;
+        const r = check("k3s", rest);
+        assert.match(r.stderr, /Every stack builds its images with Docker \(also with imageLoader none or registry\)/);
     });
 
     it("rejects an unknown stack", () => {
