@@ -121,6 +121,7 @@ const training = new TrainingRuns(
         imagePullPolicy: pullPolicy,
         imagePullSecret: pullSecrets.training,
         dataClaim: storage.dataClaim,
+        storageKey: storage.key,
         trackingUri: mlflow.trackingUri,
         runs: cfg.runs,
         promotionPolicy: cfg.promotionPolicy,
@@ -148,7 +149,7 @@ const serving = new ServingApi(
     },
     { ...k8sOpts, dependsOn: [...training.waits, ...imported.commands] },
 );
-if (cfg.serviceMonitor || cfg.grafanaDashboard) {
+if (cfg.serviceMonitor || cfg.grafanaDashboard || cfg.prometheusRules) {
     new Monitoring(
         "monitoring",
         {
@@ -157,6 +158,8 @@ if (cfg.serviceMonitor || cfg.grafanaDashboard) {
             servicePort: "http",
             serviceMonitor: cfg.serviceMonitor,
             grafanaDashboard: cfg.grafanaDashboard,
+            prometheusRules: cfg.prometheusRules,
+            mlflowAlerts: cfg.mlflowMetrics,
         },
         k8sOpts,
     );

@@ -111,6 +111,8 @@ export interface StackConfig {
     readonly serviceMonitor: boolean;
     /** Declare the Grafana dashboard as a ConfigMap labelled grafana_dashboard="1". */
     readonly grafanaDashboard: boolean;
+    /** Declare the alerting rules (dashboards/alerts.rules.yaml) as a PrometheusRule (monitoring.coreos.com/v1). */
+    readonly prometheusRules: boolean;
     /** nvidia.com/gpu limit of each training pod (0: none). */
     readonly trainingGpus: number;
     /** runtimeClassName of training pods when trainingGpus > 0; empty: the node's default runtime. */
@@ -172,6 +174,7 @@ export const DEFAULTS = {
     mlflowMetrics: false,
     serviceMonitor: false,
     grafanaDashboard: false,
+    prometheusRules: false,
     trainingGpus: 0,
     gpuRuntimeClass: "nvidia",
     nfsServer: "",
@@ -679,6 +682,7 @@ export function loadConfig(raw: RawConfig = pulumiRaw(), home: string = os.homed
         mlflowMetrics: r.bool("mlflowMetrics"),
         serviceMonitor: r.bool("serviceMonitor"),
         grafanaDashboard: r.bool("grafanaDashboard"),
+        prometheusRules: r.bool("prometheusRules"),
         trainingGpus: r.int("trainingGpus", LIMITS.trainingGpus.min, LIMITS.trainingGpus.max),
         gpuRuntimeClass: r.str("gpuRuntimeClass", {
             pattern: /^$|^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/,

@@ -4,18 +4,31 @@
  * On several nodes the same two volumes are NFS volumes on one export (`nfs`): a hostPath is a
  * different directory on every node.
  */
+import * as crypto from "crypto";
 import * as command from "@pulumi/command";
 import * as k8s from "@pulumi/kubernetes";
 import * as pulumi from "@pulumi/pulumi";
 import { APP_UID, COMMON_LABELS } from "./common";
 import { BASH, shq } from "./shell";
 
-/** Claim names of docs/interfaces.md. */
+/** Claim name prefixes of docs/interfaces.md (the full names end in the storage key). */
 export const DATA_CLAIM = "mlops-data";
 export const MODELS_CLAIM = "mlops-models";
-/** PV names (cluster-scoped; named so that claimRef and volumeName bind them both ways). */
+/** PV name prefixes (cluster-scoped; named so that claimRef and volumeName bind them both ways). */
 export const DATA_PV = "mlops-data-pv";
 export const MODELS_PV = "mlops-models-pv";
+
+/**
+ * A short hash of where the data lives (storageDir, or the NFS export). The volumes and claims carry
+ * it in their names, Kubernetes' and Pulumi's: moving the data declares new volumes and claims, the
+ * workloads roll over to them, and only then are the old ones deleted. With fixed names, a change
+ * replaced the claims in place: their deletion waited on pvc-protection for the pods still mounting
+ * them, and the update hung for 10 minutes, leaving half-deleted storage.
+ */
+export function storageKey(storageDir: string, nfs?: { readonly server: string; readonly path: string }): string {
+    const source = nfs === undefined ? { hostPath: storageDir } : { nfs: [nfs.server, nfs.path] };
+    return crypto.createHash("sha256").update(JSON.stringify(source)).digest("hex").slice(0, 8);
+}
 export const STORAGE_SIZE = "10Gi";
 
 export interface SharedStorageArgs {
@@ -107,6 +120,8 @@ export class SharedStorage extends pulumi.ComponentResource {
     readonly modelsClaim: pulumi.Output<string>;
     /** The host preparation (hostPath only; undefined with NFS). */
     readonly prepare?: command.local.Command;
+    /** storageKey of the source: part of every volume and claim name. */
+    readonly key: string;
 
     constructor(name: string, args: SharedStorageArgs, opts?: pulumi.ComponentResourceOptions) {
         super("ops-demo:storage:SharedStorage", name, {}, opts);
@@ -118,6 +133,8 @@ export class SharedStorage extends pulumi.ComponentResource {
             );
         }
         const after = { parent: this, dependsOn: this.prepare ? [this.prepare] : [], deleteBeforeReplace: true };
+        const key = storageKey(args.storageDir, args.nfs);
+        this.key = key;
         const nfs = args.nfs;
         const dataSource: VolumeSource = nfs
             ? { nfs: { server: nfs.server, path: nfs.path } }
@@ -125,25 +142,27 @@ export class SharedStorage extends pulumi.ComponentResource {
         const modelsSource: VolumeSource = nfs
             ? { nfs: { server: nfs.server, path: `${nfs.path.replace(/\/+$/, "")}/models`, readOnly: true } }
             : { hostPath: { path: `${args.storageDir}/models`, type: "Directory" } };
+        const dataClaim = `${DATA_CLAIM}-${key}`;
+        const modelsClaim = `${MODELS_CLAIM}-${key}`;
         const dataPv = new k8s.core.v1.PersistentVolume(
-            `${name}-data-pv`,
-            boundVolume(DATA_PV, dataSource, "ReadWriteMany", { namespace: args.trainingNamespace, name: DATA_CLAIM }),
+            `${name}-data-pv-${key}`,
+            boundVolume(`${DATA_PV}-${key}`, dataSource, "ReadWriteMany", { namespace: args.trainingNamespace, name: dataClaim }),
             after,
         );
         const modelsPv = new k8s.core.v1.PersistentVolume(
-            `${name}-models-pv`,
-            boundVolume(MODELS_PV, modelsSource, "ReadOnlyMany", { namespace: args.servingNamespace, name: MODELS_CLAIM }),
+            `${name}-models-pv-${key}`,
+            boundVolume(`${MODELS_PV}-${key}`, modelsSource, "ReadOnlyMany", { namespace: args.servingNamespace, name: modelsClaim }),
             after,
         );
         // The kubernetes provider waits for a claim to be Bound; pre-binding makes that immediate.
         const dataPvc = new k8s.core.v1.PersistentVolumeClaim(
-            `${name}-data`,
-            boundClaim(DATA_CLAIM, args.trainingNamespace, dataPv.metadata.name, "ReadWriteMany"),
+            `${name}-data-${key}`,
+            boundClaim(dataClaim, args.trainingNamespace, dataPv.metadata.name, "ReadWriteMany"),
             { parent: this, deleteBeforeReplace: true },
         );
         const modelsPvc = new k8s.core.v1.PersistentVolumeClaim(
-            `${name}-models`,
-            boundClaim(MODELS_CLAIM, args.servingNamespace, modelsPv.metadata.name, "ReadOnlyMany"),
+            `${name}-models-${key}`,
+            boundClaim(modelsClaim, args.servingNamespace, modelsPv.metadata.name, "ReadOnlyMany"),
             { parent: this, deleteBeforeReplace: true },
         );
         this.dataClaim = dataPvc.metadata.name;

@@ -27,6 +27,8 @@ export interface TrainingRunsArgs {
     readonly imagePullSecret?: pulumi.Input<string>;
     /** Claim of the shared data volume. */
     readonly dataClaim: pulumi.Input<string>;
+    /** The storage key (part of the claim's name, so part of the Job's pod template and name). */
+    readonly storageKey?: string;
     /** MLFLOW_TRACKING_URI. */
     readonly trackingUri: pulumi.Input<string>;
     /** The runs, launched in parallel. */
@@ -93,6 +95,7 @@ export function templateKey(args: TrainingRunsArgs): string {
         gpuRuntimeClass: (args.gpus ?? 0) > 0 ? (args.gpuRuntimeClass ?? "") : "",
         auth: (args.trackingAuthEnv ?? []).length > 0,
         pullSecret: args.imagePullSecret !== undefined,
+        storage: args.storageKey ?? "",
     };
     return JSON.stringify(extra);
 }

@@ -1,3 +1,4 @@
+import { storageKey } from "../../components/storage";
 /** Outgrowing one machine: the registry image loader, shared storage on NFS, MLflow on PostgreSQL. */
 import * as assert from "assert";
 import { loadConfig } from "../../components/config";
@@ -113,7 +114,8 @@ describe("shared storage on NFS (nfsServer, nfsPath)", () => {
 
     it("declares the two volumes on the export and its models directory, bound as before, with no host preparation", async () => {
         const run = await load("k3s", NFS);
-        const pv = (name: string) => inputs(findResource(run.resources, "kubernetes:core/v1:PersistentVolume", name));
+        const key = storageKey("", { server: "nfs.example.com", path: "/export/mlops/" });
+        const pv = (name: string) => inputs(findResource(run.resources, "kubernetes:core/v1:PersistentVolume", `${name}-${key}`));
         const data = pv("storage-data-pv");
         const models = pv("storage-models-pv");
         assert.deepStrictEqual(data.spec.nfs, { server: "nfs.example.com", path: "/export/mlops/" });
@@ -125,19 +127,20 @@ describe("shared storage on NFS (nfsServer, nfsPath)", () => {
         }
         assert.deepStrictEqual(data.spec.accessModes, ["ReadWriteMany"]);
         assert.deepStrictEqual(models.spec.accessModes, ["ReadOnlyMany"]);
-        assert.deepStrictEqual(data.spec.claimRef, { namespace: "mlops-training", name: "mlops-data" });
-        assert.deepStrictEqual(models.spec.claimRef, { namespace: "mlops-serving", name: "mlops-models" });
+        assert.deepStrictEqual(data.spec.claimRef, { namespace: "mlops-training", name: `mlops-data-${key}` });
+        assert.deepStrictEqual(models.spec.claimRef, { namespace: "mlops-serving", name: `mlops-models-${key}` });
         assert.strictEqual(ofType(run.resources, K.cmd).filter((c) => c.name === "storage-prepare").length, 0, "nothing chowns a remote export");
         const claims = ofType(run.resources, "kubernetes:core/v1:PersistentVolumeClaim").map(inputs);
         assert.deepStrictEqual(claims.map((c) => [c.metadata.namespace, c.metadata.name, c.spec.volumeName]).sort(), [
-            ["mlops-serving", "mlops-models", "mlops-models-pv"],
-            ["mlops-training", "mlops-data", "mlops-data-pv"],
+            ["mlops-serving", `mlops-models-${key}`, `mlops-models-pv-${key}`],
+            ["mlops-training", `mlops-data-${key}`, `mlops-data-pv-${key}`],
         ]);
     });
 
     it("without nfsServer: hostPath volumes and the storage preparation, as on one node", async () => {
         const run = await load("k3s");
-        assert.ok(inputs(findResource(run.resources, "kubernetes:core/v1:PersistentVolume", "storage-data-pv")).spec.hostPath);
+        const key = storageKey(run.outputs.storageDir as string);
+        assert.ok(inputs(findResource(run.resources, "kubernetes:core/v1:PersistentVolume", `storage-data-pv-${key}`)).spec.hostPath);
         assert.strictEqual(ofType(run.resources, K.cmd).filter((c) => c.name === "storage-prepare").length, 1);
     });
 

@@ -45,7 +45,7 @@ describe("every Kubernetes object validates against the Kubernetes OpenAPI schem
         ["k3s", {}],
         ["dev", {}],
         ["k3s", { experiments: JSON.stringify(["runName=a", "runName=Optimized Run #3,nEstimators=300,maxDepth=15"]), imageLoader: "none" }],
-        ["k3s", { serviceMonitor: "true", grafanaDashboard: "true", mlflowMetrics: "true", trainingGpus: "1" }],
+        ["k3s", { serviceMonitor: "true", grafanaDashboard: "true", mlflowMetrics: "true", prometheusRules: "true", trainingGpus: "1" }],
         ["dev", { autoscaling: "false" }],
         [
             "k3s",

@@ -2,6 +2,7 @@ import * as crypto from "crypto";
 import * as os from "os";
 import * as assert from "assert";
 import { imagesDir } from "./fixtures";
+import { storageKey } from "../../components/storage";
 import { findResource, kubernetesObjects, ofType, ProgramRun, Recorded, runProgram, stackConfig } from "./harness";
 
 /* eslint-disable @typescript-eslint/no-explicit-any */
@@ -157,9 +158,10 @@ describe("the program, stack k3s (the host's k3s)", () => {
 
     it("declares hostPath volumes with Retain, no storage class, bound explicitly both ways", () => {
         const dir = run.outputs.storageDir as string;
+        const k = storageKey(dir);
         const expected: Record<string, [string, string, string, string]> = {
-            "storage-data-pv": ["mlops-data-pv", dir, "mlops-training", "mlops-data"],
-            "storage-models-pv": ["mlops-models-pv", `${dir}/models`, "mlops-serving", "mlops-models"],
+            [`storage-data-pv-${k}`]: [`mlops-data-pv-${k}`, dir, "mlops-training", `mlops-data-${k}`],
+            [`storage-models-pv-${k}`]: [`mlops-models-pv-${k}`, `${dir}/models`, "mlops-serving", `mlops-models-${k}`],
         };
         for (const [name, [pvName, hostPath, ns, claim]] of Object.entries(expected)) {
             const pv = inputs(findResource(run.resources, K.pv, name));
@@ -183,9 +185,25 @@ describe("the program, stack k3s (the host's k3s)", () => {
                 .filter((m: any) => claims[m.name])
                 .map((m: any) => [claims[m.name].claimName, m.mountPath, m.readOnly === true]);
         };
-        assert.deepStrictEqual(mounts(findResource(run.resources, K.deploy, "mlflow-deployment")), [["mlops-data", "/data", false]]);
-        assert.deepStrictEqual(mounts(jobs(run)[0]), [["mlops-data", "/data", false]]);
-        assert.deepStrictEqual(mounts(findResource(run.resources, K.deploy, "serving-deployment")), [["mlops-models", "/models", true]]);
+        const k = storageKey(run.outputs.storageDir as string);
+        assert.deepStrictEqual(mounts(findResource(run.resources, K.deploy, "mlflow-deployment")), [[`mlops-data-${k}`, "/data", false]]);
+        assert.deepStrictEqual(mounts(jobs(run)[0]), [[`mlops-data-${k}`, "/data", false]]);
+        assert.deepStrictEqual(mounts(findResource(run.resources, K.deploy, "serving-deployment")), [[`mlops-models-${k}`, "/models", true]]);
+    });
+
+    it("moves to new volumes and claims when storageDir changes (new names: created before the old ones go)", async () => {
+        const moved = await load("k3s", { storageDir: "/srv/mlops" });
+        const names = (r: ProgramRun, t: string) => ofType(r.resources, t).map((x) => x.name).sort();
+        for (const t of [K.pv, K.pvc]) {
+            const before = names(run, t);
+            const after = names(moved, t);
+            assert.strictEqual(after.length, 2);
+            // Pulumi names differ too: new resources are created and the old ones deleted at the end,
+            // after the workloads moved; nothing is replaced in place
+            assert.deepStrictEqual(after.filter((n) => before.includes(n)), [], `${t}: ${before} -> ${after}`);
+        }
+        const jobName = (r: ProgramRun) => inputs(jobs(r)[0]).metadata.name;
+        assert.notStrictEqual(jobName(moved), jobName(run), "the Job (its claim is in its pod template) is a new one");
     });
 
     it("runs MLflow as one pod with Recreate (never two servers on one SQLite file), probed on /health:5000", () => {

@@ -71,10 +71,12 @@ describe("npm run render", () => {
         assert.match(importCmd.inputs.create, /docker save ops-demo:training-[0-9a-f]{12} \| as_root "\$k3s" ctr images import -$/);
         const files = fs.readdirSync(path.join(out, "k8s")).sort();
         assert.deepStrictEqual(files, [...done.manifests].sort());
+        const key = resources.find((r: any) => r.type === "kubernetes:core/v1:PersistentVolumeClaim").inputs.metadata.name.split("-").pop();
+        assert.match(key, /^[0-9a-f]{8}$/);
         for (const f of [
             "Namespace-cluster-mlops-training.yaml",
-            "PersistentVolume-cluster-mlops-data-pv.yaml",
-            "PersistentVolumeClaim-mlops-training-mlops-data.yaml",
+            `PersistentVolume-cluster-mlops-data-pv-${key}.yaml`,
+            `PersistentVolumeClaim-mlops-training-mlops-data-${key}.yaml`,
             "Deployment-mlops-training-mlflow-server.yaml",
             "Service-mlops-training-mlflow-service.yaml",
             "Deployment-mlops-serving-iris-serving.yaml",
