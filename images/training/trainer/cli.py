@@ -309,14 +309,19 @@ def run(config: Config) -> dict:
     from mlflow.models import infer_signature
     from mlflow.tracking import MlflowClient
 
-    from trainer import plots
+    from trainer import plots, tracking
     from trainer.export import make_metadata, publish_model
     from trainer.model import evaluate, train_model
 
     mlflow.set_tracking_uri(config.tracking_uri)
     experiment = mlflow.set_experiment(config.experiment_name)
     client = MlflowClient(config.tracking_uri)
+    # Kind tag (the UI opens the experiment on its runs), description and the saved "Training metrics" view.
+    tracking.prepare_experiment(
+        client, client.get_experiment(experiment.experiment_id), config.model_name, int(time.time() * 1000)
+    )
     log(f"experiment {config.experiment_name!r} (id {experiment.experiment_id})")
+    log(f"runs with their metrics: {tracking.runs_view_url(config.tracking_uri, experiment.experiment_id)}")
 
     log(f"training RandomForest n_estimators={config.n_estimators} max_depth={config.max_depth} on Iris")
     result = train_model(config.n_estimators, config.max_depth, seed=DEFAULT_SEED)
@@ -328,18 +333,22 @@ def run(config: Config) -> dict:
     with mlflow.start_run(run_name=config.run_name) as active:
         run_id = active.info.run_id
         summary["run_id"] = run_id
-        log(f"MLflow run {run_id} ({config.run_name!r}) started")
-        mlflow.log_params(
-            {
-                "n_estimators": config.n_estimators,
-                "max_depth": config.max_depth,
-                "seed": DEFAULT_SEED,
-                "test_size": TEST_SIZE,
-                "promotion_policy": config.promotion_policy,
-            }
-        )
+        summary["experiment_id"] = experiment.experiment_id
+        summary["run_url"] = tracking.run_url(config.tracking_uri, experiment.experiment_id, run_id)
+        log(f"MLflow run {run_id} ({config.run_name!r}) started: {summary['run_url']}")
+        params = {
+            "n_estimators": config.n_estimators,
+            "max_depth": config.max_depth,
+            "seed": DEFAULT_SEED,
+            "test_size": TEST_SIZE,
+            "promotion_policy": config.promotion_policy,
+        }
+        mlflow.log_params(params)
         mlflow.log_metrics(result.metrics)
         mlflow.set_tags({"model_name": config.model_name, "dataset": "iris (scikit-learn bundled)"})
+        # The splits as dataset inputs: the Datasets column, the run's lineage, and the digests below.
+        digests = tracking.log_split_datasets(result)
+        log("logged inputs " + ", ".join(f"{name} (digest {digest})" for name, digest in digests.items()))
 
         for artifact, fig in (
             ("plots/confusion_matrix.png", plots.confusion_matrix_figure(result.confusion, result.class_names)),
@@ -372,6 +381,21 @@ def run(config: Config) -> dict:
         summary["version"] = version
         log(f"model logged and registered as {config.model_name!r} version {version}")
 
+        def describe_version(promotion: str | None = None) -> None:
+            description = tracking.version_description(
+                run_name=config.run_name,
+                run_id=run_id,
+                params=params,
+                metrics=result.metrics,
+                datasets=digests,
+                promotion=promotion,
+            )
+            client.update_model_version(config.model_name, version, description=description)
+
+        describe_version()
+        if not (client.get_registered_model(config.model_name).description or "").strip():
+            client.update_registered_model(config.model_name, description=tracking.MODEL_DESCRIPTION)
+
         previous = None
         try:
             previous = client.get_model_version_by_alias(config.model_name, ALIAS)
@@ -398,6 +422,13 @@ def run(config: Config) -> dict:
             reason = f"policy 'better': {'beats' if promote else 'does not beat'} the champion: {comparison}"
 
         client.set_model_version_tag(config.model_name, version, "promoted", str(promote).lower())
+        describe_version(f"{'promoted to' if promote else 'not promoted to'} {ALIAS!r} ({reason})")
+        mlflow.set_tag(  # the run's description on its page
+            tracking.NOTE_TAG,
+            f"n_estimators={config.n_estimators}, max_depth={config.max_depth}: accuracy "
+            f"{result.metrics['accuracy']:.4f}, macro F1 {result.metrics['f1_macro']:.4f}; registered as "
+            f"{config.model_name} version {version}, {'promoted to' if promote else 'not promoted to'} {ALIAS!r}.",
+        )
         mlflow.set_tags({"promoted": str(promote).lower(), "model_version": version, "promotion_reason": reason})
         if not promote:
             log(f"version {version} NOT promoted: {reason}; {ALIAS!r} stays at version {previous.version}")
