@@ -13,7 +13,7 @@ import { NetworkPolicies, postgresPort } from "./components/networkPolicies";
 import { SERVING_SERVICE, ServingApi } from "./components/serving";
 import { Monitoring } from "./components/monitoring";
 import { RegistryPullSecrets } from "./components/registry";
-import { TrainingRuns } from "./components/training";
+import { rebaseUrl, TrainingRuns } from "./components/training";
 import { replacementTransformation } from "./components/replacement";
 
 const MLFLOW_NODE_PORT = 30500;
@@ -180,6 +180,10 @@ export const servingPortForward = servingForward;
 export const predictExample = pulumi.interpolate`curl -X POST ${servingBase}/predict -H "Content-Type: application/json" -d '{"features": [5.1, 3.5, 1.4, 0.2]}'`;
 export const trainingJobs = training.jobNames;
 export const trainingLogs = training.jobNames.map((j) => `kubectl logs -n ${TRAINING_NAMESPACE} job/${j}`);
+// per run of this stack: parameters, accuracy, macro F1, MLflow run id and link, model version, promoted and why
+export const trainingRuns = training.results.map((r) =>
+    r.apply((x) => ({ ...x, ...(rebaseUrl(x.run_url, mlflowUrl) ? { mlflow_link: rebaseUrl(x.run_url, mlflowUrl) } : {}) })),
+);
 export const imageRefs = { training: images.training.name, serving: images.serving.name };
 export const storageDir = cfg.storageDir;
 export const kubectlHint = embedded

@@ -107,6 +107,42 @@ export function templateKey(args: TrainingRunsArgs): string {
  */
 export const JOB_WAIT_FOR = "jsonpath={.metadata.uid}";
 
+/**
+ * Where the trainer writes its result (TRAINER_RESULT_FILE): the container's termination message,
+ * which Kubernetes keeps in the pod's status (no log retention involved) and the wait reads.
+ */
+export const TERMINATION_LOG = "/dev/termination-log";
+/** The prefix of the wait's stdout line that carries the run's result (JSON), parsed into the stack outputs. */
+export const RESULT_PREFIX = "ops-demo-result: ";
+
+/** The result of one run, as the trainer wrote it (status, run_name, accuracy, f1_macro, run_id, run_url, version, promoted, ...). */
+export type RunResult = Record<string, unknown>;
+
+/** `url` with its scheme, host and port replaced by those of `base` (the in-cluster MLflow link -> the one the user opens). */
+export function rebaseUrl(url: unknown, base: string): string | undefined {
+    if (typeof url !== "string" || !/^https?:\/\//.test(url)) {
+        return undefined;
+    }
+    const u = new URL(url);
+    return `${base.replace(/\/+$/, "")}${u.pathname}${u.search}${u.hash}`;
+}
+
+/** The result line of a wait's stdout; when absent or unreadable, what is known (`fallback`) with status "unknown". */
+export function parseRunResult(stdout: string, fallback: RunResult): RunResult {
+    const line = stdout.split("\n").find((l) => l.startsWith(RESULT_PREFIX));
+    if (line !== undefined) {
+        try {
+            const parsed = JSON.parse(line.slice(RESULT_PREFIX.length));
+            if (parsed !== null && typeof parsed === "object" && !Array.isArray(parsed)) {
+                return { ...fallback, ...parsed };
+            }
+        } catch {
+            // a message that is not JSON: keep the fallback
+        }
+    }
+    return { ...fallback, status: "unknown" };
+}
+
 /** The Job of one run. */
 export function trainingJob(run: TrainingRun, name: string, args: TrainingRunsArgs): k8s.batch.v1.JobArgs {
     const podLabels = {
@@ -150,8 +186,13 @@ export function trainingJob(run: TrainingRun, name: string, args: TrainingRunsAr
                                 { name: "MODELS_DIR", value: "/data/models" },
                                 { name: "MODEL_NAME", value: MODEL_NAME },
                                 { name: "PROMOTION_POLICY", value: args.promotionPolicy },
+                                // the run's result (or the reason it failed) as the container's last words
+                                { name: "TRAINER_RESULT_FILE", value: TERMINATION_LOG },
                                 ...(args.trackingAuthEnv ?? []),
                             ],
+                            terminationMessagePath: TERMINATION_LOG,
+                            // a container that died before writing it (OOM kill, crash) leaves its last log lines
+                            terminationMessagePolicy: "FallbackToLogsOnError",
                             resources: resourceRequirements(args.resources, gpu.limits),
                             securityContext: containerSecurityContext(),
                             volumeMounts: [{ name: "data", mountPath: "/data" }, TMP_MOUNT],
@@ -185,6 +226,8 @@ export function waitScript(kubectl: string, namespace: string, name: string, tim
         `  ${kubectl} get events ${ns} --field-selector type=Warning --sort-by=.lastTimestamp -o custom-columns=OBJECT:.involvedObject.name,REASON:.reason,MESSAGE:.message --no-headers 2>/dev/null | grep -F ${shq(name)} | tail -n 10 | sed 's/^/  /' >&2 || true`,
         `  echo "--- pods:" >&2`,
         `  ${kubectl} get pods ${ns} -l ${shq(`job-name=${name}`)} -o jsonpath='{range .items[*]}  {.metadata.name} {.status.phase}{range .status.containerStatuses[*]} waiting={.state.waiting.reason} terminated={.state.terminated.reason} exit={.state.terminated.exitCode}{end}{"\n"}{end}' >&2 || true`,
+        `  echo "--- the trainer's last words (termination message):" >&2`,
+        `  ${kubectl} get pods ${ns} -l ${shq(`job-name=${name}`)} -o jsonpath='{range .items[*]}  {.status.containerStatuses[0].state.terminated.message}{"\n"}{end}' >&2 || true`,
         `  echo "--- last log lines:" >&2`,
         `  ${kubectl} logs ${ns} ${shq(job)} --tail=20 >&2 2>&1 || echo "  (no logs: no pod of the job ran)" >&2`,
         "}",
@@ -192,7 +235,11 @@ export function waitScript(kubectl: string, namespace: string, name: string, tim
         "while true; do",
         `  state=$(${kubectl} get ${ns} ${shq(job)} -o jsonpath='{range .status.conditions[*]}{.type}={.status}{" "}{end}' 2>&1) || state="unreachable: $state"`,
         `  case "$state" in`,
-        `    *Complete=True*) echo "training run ${name} completed"; exit 0 ;;`,
+        `    *Complete=True*)`,
+        `      echo "training run ${name} completed"`,
+        `      result=$(${kubectl} get pods ${ns} -l ${shq(`job-name=${name}`)} --field-selector=status.phase=Succeeded -o jsonpath='{.items[0].status.containerStatuses[0].state.terminated.message}' 2>/dev/null | tr -d '\n')`,
+        `      case "$result" in "{"*) echo "${RESULT_PREFIX}$result" ;; *) echo "(no result message from the trainer)" ;; esac`,
+        "      exit 0 ;;",
         `    *Failed=True*)`,
         `      echo "training run ${name} failed; ${look}${again}" >&2`,
         "      report",
@@ -213,11 +260,14 @@ export class TrainingRuns extends pulumi.ComponentResource {
     readonly jobNames: string[];
     /** One wait per Job: whatever needs a trained model depends on these. */
     readonly waits: command.local.Command[];
+    /** Each run's result as the trainer reported it (the stack output trainingRuns). */
+    readonly results: pulumi.Output<RunResult>[];
 
     constructor(name: string, args: TrainingRunsArgs, opts?: pulumi.ComponentResourceOptions) {
         super("ops-demo:training:TrainingRuns", name, {}, opts);
         this.jobNames = [];
         this.waits = [];
+        this.results = [];
         for (const run of args.runs) {
             const jn = jobName(run, args.imageRef, args.promotionPolicy, templateKey(args));
             // A Job's pod template is immutable and its name is fixed: replace it by delete-then-create.
@@ -236,6 +286,11 @@ export class TrainingRuns extends pulumi.ComponentResource {
             );
             this.jobNames.push(jn);
             this.waits.push(wait);
+            this.results.push(
+                wait.stdout.apply((out) =>
+                    parseRunResult(out ?? "", { job: jn, run_name: run.runName, n_estimators: run.nEstimators, max_depth: run.maxDepth }),
+                ),
+            );
         }
         this.registerOutputs({ jobNames: this.jobNames });
     }

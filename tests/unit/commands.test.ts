@@ -10,7 +10,7 @@ import * as path from "path";
 import { kubeconfigScript } from "../../components/cluster";
 import { importCommand } from "../../components/imageImport";
 import { prepareScript } from "../../components/storage";
-import { waitScript } from "../../components/training";
+import { parseRunResult, rebaseUrl, waitScript } from "../../components/training";
 
 /** Runs `script` with bash, fake programs (name -> bash body) first on PATH. */
 function run(script: string, fakes: Record<string, string>) {
@@ -115,5 +115,41 @@ describe("the storage preparation", () => {
             assert.strictEqual(st.uid, 10001, sub);
             assert.strictEqual(st.gid, 10001, sub);
         }
+    });
+});
+
+describe("the training result", () => {
+    it("the wait prints the trainer's termination message as the result line of a completed Job", () => {
+        const message = '{"status":"succeeded","accuracy":0.9556,"version":"3","promoted":true}';
+        const kubectl = `case "$*" in *"get pods"*Succeeded*) printf '%s' '${message}' ;; *) printf 'Complete=True ' ;; esac`;
+        const r = run(waitScript("kubectl", "mlops-training", "iris-training-a-1234abcd", 1, 0.1), { kubectl });
+        assert.strictEqual(r.status, 0, r.stderr);
+        const result = parseRunResult(r.stdout, { job: "iris-training-a-1234abcd" });
+        assert.deepStrictEqual(result, { job: "iris-training-a-1234abcd", status: "succeeded", accuracy: 0.9556, version: "3", promoted: true });
+    });
+
+    it("a failed Job's report carries the trainer's last words, the conditions, events and pod states", () => {
+        const kubectl = `case "$*" in
+  *"get events"*) echo "iris-training-a-1234abcd   FailedCreate   pods \\"iris-training-a-1234abcd-x\\" is forbidden: RuntimeClass \\"nvidia\\" not found" ;;
+  *"get pods"*terminated.message*) echo '  {"status":"failed","reason":"run failed (OSError: No space left on device)"}' ;;
+  *"get pods"*) echo "  iris-training-a-1234abcd-x Failed waiting= terminated=Error exit=1" ;;
+  *"range .status.conditions"*"message"*) echo "  Failed=True DeadlineExceeded: Job was active longer than specified deadline" ;;
+  logs*) echo "no pods" >&2; exit 1 ;;
+  *) printf 'Failed=True ' ;;
+esac`;
+        const r = run(waitScript("kubectl", "mlops-training", "iris-training-a-1234abcd", 1, 0.1, "pulumi up --replace 'urn:x'"), { kubectl });
+        assert.strictEqual(r.status, 1);
+        assert.match(r.stderr, /to run it again after fixing the cause: pulumi up --replace 'urn:x'/);
+        assert.match(r.stderr, /DeadlineExceeded: Job was active longer than specified deadline/);
+        assert.match(r.stderr, /FailedCreate .*RuntimeClass "nvidia" not found/);
+        assert.match(r.stderr, /No space left on device/);
+        assert.match(r.stderr, /terminated=Error exit=1/);
+        assert.match(r.stderr, /no logs: no pod of the job ran/);
+    });
+
+    it("parses a result line, and falls back to what is known when there is none", () => {
+        assert.deepStrictEqual(parseRunResult("x\nops-demo-result: not json\n", { job: "j" }), { job: "j", status: "unknown" });
+        assert.deepStrictEqual(parseRunResult("", { job: "j" }), { job: "j", status: "unknown" });
+        assert.strictEqual(rebaseUrl("http://mlflow-service.mlops-training.svc.cluster.local:5000/#/experiments/1/runs/abc?x=1", "http://localhost:5000"), "http://localhost:5000/#/experiments/1/runs/abc?x=1");
     });
 });

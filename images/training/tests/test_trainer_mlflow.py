@@ -249,3 +249,30 @@ def test_mlflow_lost_mid_run_exits_non_zero_and_never_records_the_run_as_finishe
         run = _run_by_name(client, "outage", "outage")
         assert run.info.status in ("RUNNING", "FAILED")
         assert client.search_model_versions(f"name = '{name}'") == []
+
+
+def test_the_result_file_carries_what_the_stack_outputs_show(trainer_env, monkeypatch, mlflow_server, tmp_path):
+    """$TRAINER_RESULT_FILE (the Job's termination message) gets the run's result, or the reason it failed."""
+    import json
+
+    import trainer.export
+
+    result_file = tmp_path / "termination-log"
+    monkeypatch.setenv(cli.RESULT_FILE_ENV, str(result_file))
+    assert _train(monkeypatch, "--n-estimators", "20", "--max-depth", "3", "--run-name", "resulted") == 0
+    result = json.loads(result_file.read_text())
+    run = _run_by_name(_client(mlflow_server.uri), trainer_env["MLFLOW_EXPERIMENT_NAME"], "resulted")
+    assert result["status"] == "succeeded"
+    assert (result["run_name"], result["n_estimators"], result["max_depth"]) == ("resulted", 20, 3)
+    assert result["run_id"] == run.info.run_id
+    assert result["accuracy"] == round(run.data.metrics["accuracy"], 4)
+    assert result["f1_macro"] == round(run.data.metrics["f1_macro"], 4)
+    assert (result["version"], result["promoted"], result["promotion_reason"]) == ("1", True, "policy 'always'")
+    assert result["run_url"].startswith(mlflow_server.uri) and run.info.run_id in result["run_url"]
+    assert len(result_file.read_bytes()) <= cli.RESULT_MAX_BYTES
+
+    monkeypatch.setattr(trainer.export, "publish_model", lambda *a, **k: 1 / 0)
+    assert _train(monkeypatch, "--n-estimators", "5", "--max-depth", "2", "--run-name", "broken") == 1
+    failed = json.loads(result_file.read_text())
+    assert failed["status"] == "failed" and failed["run_name"] == "broken"
+    assert "ZeroDivisionError" in failed["reason"]

@@ -327,7 +327,16 @@ def run(config: Config) -> dict:
     result = train_model(config.n_estimators, config.max_depth, seed=DEFAULT_SEED)
     log(f"held-out accuracy {result.metrics['accuracy']:.4f}, macro F1 {result.metrics['f1_macro']:.4f}")
 
-    summary: dict = {"promoted": False, "exported_to": None}
+    summary: dict = {
+        "status": "succeeded",
+        "run_name": config.run_name,
+        "n_estimators": config.n_estimators,
+        "max_depth": config.max_depth,
+        "accuracy": round(float(result.metrics["accuracy"]), 4),
+        "f1_macro": round(float(result.metrics["f1_macro"]), 4),
+        "promoted": False,
+        "exported_to": None,
+    }
     # The context manager ends the run FINISHED only when the block completes; any exception
     # inside marks it FAILED, so a run is never recorded as finished halfway.
     with mlflow.start_run(run_name=config.run_name) as active:
@@ -430,6 +439,7 @@ def run(config: Config) -> dict:
             f"{config.model_name} version {version}, {'promoted to' if promote else 'not promoted to'} {ALIAS!r}.",
         )
         mlflow.set_tags({"promoted": str(promote).lower(), "model_version": version, "promotion_reason": reason})
+        summary["promotion_reason"] = reason
         if not promote:
             log(f"version {version} NOT promoted: {reason}; {ALIAS!r} stays at version {previous.version}")
         else:
@@ -464,29 +474,53 @@ def run(config: Config) -> dict:
     return summary
 
 
+#: The variable naming the file that receives the run's result as one JSON object: the Job sets it to
+#: the container's termination message (/dev/termination-log), which Kubernetes keeps in the pod's
+#: status whatever happens to the logs, and `pulumi up` turns into the stack output trainingRuns.
+RESULT_FILE_ENV = "TRAINER_RESULT_FILE"
+#: Kubernetes keeps at most 4096 bytes of a termination message.
+RESULT_MAX_BYTES = 4096
+
+
+def write_result(env: Mapping[str, str], result: dict) -> None:
+    """Writes `result` as JSON to $TRAINER_RESULT_FILE when set (never fails the run)."""
+    path = env.get(RESULT_FILE_ENV, "").strip()
+    if not path:
+        return
+    text = json.dumps(result, sort_keys=True)
+    if len(text.encode()) > RESULT_MAX_BYTES:
+        text = json.dumps({k: result[k] for k in ("status", "run_name", "reason") if k in result})[:RESULT_MAX_BYTES]
+    try:
+        Path(path).write_text(text)
+    except OSError as exc:
+        log(f"could not write the result to {path}: {exc}")
+
+
+def _fail(env: Mapping[str, str], message: str, config: Config | None = None) -> None:
+    print(f"[trainer] error: {message}", file=sys.stderr, flush=True)
+    write_result(env, {"status": "failed", "reason": message, **({"run_name": config.run_name} if config else {})})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(argv, os.environ)
     except ConfigError as exc:
-        print(f"[trainer] error: {exc}", file=sys.stderr, flush=True)
+        _fail(os.environ, str(exc))
         return EXIT_CONFIG
     try:
-        run(config)
+        summary = run(config)
     except ConfigError as exc:
-        print(f"[trainer] error: {exc}", file=sys.stderr, flush=True)
+        _fail(os.environ, str(exc), config)
         return EXIT_CONFIG
     except TrackingUnavailable as exc:
-        print(f"[trainer] error: {exc}", file=sys.stderr, flush=True)
+        _fail(os.environ, str(exc), config)
         return EXIT_UNREACHABLE
     except Exception as exc:  # noqa: BLE001 - one-line reason for `kubectl logs`, details below it
         import traceback
 
         traceback.print_exc(file=sys.stderr)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(
-            f"[trainer] error: run failed ({type(exc).__name__}: {reason}); MLflow at {config.tracking_uri}",
-            file=sys.stderr,
-            flush=True,
-        )
+        _fail(os.environ, f"run failed ({type(exc).__name__}: {reason}); MLflow at {config.tracking_uri}", config)
         return EXIT_FAILED
+    write_result(os.environ, summary)
     return 0
