@@ -146,6 +146,12 @@ const serving = new ServingApi(
         autoscaling: cfg.autoscaling,
         resources: cfg.resources.serving,
         servicePort: cfg.servingPort,
+        kubectl: cluster.kubectl,
+        // the newest version this update's runs promoted: the read of what serving answers waits for it
+        expectedVersion: pulumi.all(training.results).apply((rs) => {
+            const promoted = rs.filter((r) => r.promoted === true).map((r) => Number(r.version)).filter((v) => Number.isFinite(v));
+            return promoted.length === 0 ? "" : String(Math.max(...promoted));
+        }),
     },
     { ...k8sOpts, dependsOn: [...training.waits, ...imported.commands] },
 );
@@ -181,6 +187,8 @@ export const predictExample = pulumi.interpolate`curl -X POST ${servingBase}/pre
 export const trainingJobs = training.jobNames;
 export const trainingLogs = training.jobNames.map((j) => `kubectl logs -n ${TRAINING_NAMESPACE} job/${j}`);
 // per run of this stack: parameters, accuracy, macro F1, MLflow run id and link, model version, promoted and why
+// what serving answers with now (GET /model of a serving pod): version, run id, metrics
+export const servingModel = serving.servedModel;
 export const trainingRuns = training.results.map((r) =>
     r.apply((x) => ({ ...x, ...(rebaseUrl(x.run_url, mlflowUrl) ? { mlflow_link: rebaseUrl(x.run_url, mlflowUrl) } : {}) })),
 );

@@ -1,4 +1,5 @@
 /** The serving API: Deployment `iris-serving` + LoadBalancer Service `iris-serving-service` (80 -> 8000) in mlops-serving. */
+import * as command from "@pulumi/command";
 import * as k8s from "@pulumi/kubernetes";
 import * as pulumi from "@pulumi/pulumi";
 import {
@@ -11,6 +12,7 @@ import {
     TMP_VOLUME,
 } from "./common";
 import { AutoscalingConfig, ContainerResources } from "./config";
+import { BASH, shq } from "./shell";
 
 export const SERVING_DEPLOYMENT = "iris-serving";
 export const SERVING_SERVICE = "iris-serving-service";
@@ -47,6 +49,45 @@ export interface ServingApiArgs {
     readonly resources: ContainerResources;
     /** Port of the LoadBalancer Service (the guide's 80). */
     readonly servicePort?: number;
+    /** Shell prefix running kubectl against the cluster: when set, `pulumi up` reads what serving answers with (`servedModel`). */
+    readonly kubectl?: string;
+    /** The model version this update promoted ("" when none): the read waits (bounded) until serving answers with it. */
+    readonly expectedVersion?: pulumi.Input<string>;
+}
+
+/** The prefix of the served-model read's stdout line carrying serving's GET /model answer (JSON). */
+export const SERVED_PREFIX = "ops-demo-serving: ";
+
+/**
+ * After the rollout, asks a serving pod (kubectl exec, from inside: no address needed) what it
+ * answers with (GET /model), waiting up to `timeoutSeconds` for `expected` (the version this update
+ * promoted; serving hot-reloads it from the shared volume within seconds). Never fails the update for
+ * a slow reload: it then reports what is served and says so.
+ */
+export function servedModelScript(kubectl: string, namespace: string, expected: string, timeoutSeconds = 90): string {
+    const ns = `-n ${shq(namespace)}`;
+    // the pod prints the served version, then the whole answer, on two lines
+    const read = `${kubectl} exec ${ns} deploy/${SERVING_DEPLOYMENT} -c ${SERVING_CONTAINER} -- python -c ${shq(
+        `import json, urllib.request; m = json.load(urllib.request.urlopen("http://127.0.0.1:${SERVING_PORT}/model", timeout=5)); print(m.get("version", "")); print(json.dumps(m))`,
+    )}`;
+    return [
+        "set -uo pipefail",
+        `${kubectl} rollout status ${ns} deployment/${SERVING_DEPLOYMENT} --timeout=600s >&2 || exit 1`,
+        `want=${shq(expected)}`,
+        `deadline=$((SECONDS + ${timeoutSeconds}))`,
+        "while true; do",
+        `  answer=$(${read} 2>/dev/null)`,
+        `  version=$(printf '%s\n' "$answer" | head -n 1)`,
+        `  model=$(printf '%s\n' "$answer" | sed -n 2p)`,
+        `  if [ -n "$model" ] && { [ -z "$want" ] || [ "$version" = "$want" ]; }; then echo "${SERVED_PREFIX}$model"; exit 0; fi`,
+        "  if (( SECONDS >= deadline )); then",
+        `    echo "serving did not answer with version $want within ${timeoutSeconds}s (it answers: \${model:-nothing}); it reloads from the shared volume: kubectl logs -n ${namespace} deployment/${SERVING_DEPLOYMENT}" >&2`,
+        `    echo "${SERVED_PREFIX}\${model:-null}"`,
+        "    exit 0",
+        "  fi",
+        "  sleep 2",
+        "done",
+    ].join("\n");
 }
 
 /**
@@ -208,6 +249,8 @@ export class ServingApi extends pulumi.ComponentResource {
     readonly service: k8s.core.v1.Service;
     /** Labels of the Service (what a ServiceMonitor selects). */
     readonly serviceLabels: Record<string, string> = { ...COMMON_LABELS, ...labels };
+    /** What serving answered GET /model with at the end of `pulumi up` (undefined without `kubectl`). */
+    readonly servedModel?: pulumi.Output<Record<string, unknown>>;
     /** The LoadBalancer's address when `pulumi up` ended ("" while pending: not awaited, see SERVICE_WAIT_FOR). */
     readonly loadBalancerAddress: pulumi.Output<string>;
 
@@ -228,6 +271,27 @@ export class ServingApi extends pulumi.ComponentResource {
                 servingAutoscaler(args.namespace, args.autoscaling),
                 { parent: this, dependsOn: [this.deployment] },
             );
+        }
+        if (args.kubectl !== undefined) {
+            const kubectl = args.kubectl;
+            const read = new command.local.Command(
+                `${name}-served-model`,
+                {
+                    create: pulumi.interpolate`${pulumi.output(args.expectedVersion ?? "").apply((v) => servedModelScript(kubectl, "mlops-serving", v))}`,
+                    interpreter: BASH,
+                    // read again after every rollout and every update that promoted a model
+                    triggers: [this.deployment.metadata.generation, args.expectedVersion ?? ""],
+                },
+                { parent: this, dependsOn: [this.deployment] },
+            );
+            this.servedModel = read.stdout.apply((out) => {
+                const line = (out ?? "").split("\n").find((l) => l.startsWith(SERVED_PREFIX));
+                try {
+                    return line === undefined ? {} : (JSON.parse(line.slice(SERVED_PREFIX.length)) as Record<string, unknown>);
+                } catch {
+                    return {};
+                }
+            });
         }
         this.loadBalancerAddress = this.service.status.apply((s) => {
             const ingress = s?.loadBalancer?.ingress?.[0];

@@ -11,6 +11,7 @@ import { kubeconfigScript } from "../../components/cluster";
 import { importCommand } from "../../components/imageImport";
 import { prepareScript } from "../../components/storage";
 import { parseRunResult, rebaseUrl, waitScript } from "../../components/training";
+import { servedModelScript } from "../../components/serving";
 
 /** Runs `script` with bash, fake programs (name -> bash body) first on PATH. */
 function run(script: string, fakes: Record<string, string>) {
@@ -151,5 +152,27 @@ esac`;
         assert.deepStrictEqual(parseRunResult("x\nops-demo-result: not json\n", { job: "j" }), { job: "j", status: "unknown" });
         assert.deepStrictEqual(parseRunResult("", { job: "j" }), { job: "j", status: "unknown" });
         assert.strictEqual(rebaseUrl("http://mlflow-service.mlops-training.svc.cluster.local:5000/#/experiments/1/runs/abc?x=1", "http://localhost:5000"), "http://localhost:5000/#/experiments/1/runs/abc?x=1");
+    });
+});
+
+describe("what serving answers with", () => {
+    it("reads GET /model inside a serving pod, waiting for the version this update promoted", () => {
+        // the first two reads still show version 2 (the hot reload is under way), then 3
+        const kubectl = `case "$1" in
+  rollout) exit 0 ;;
+  exec) n=$(cat "$LOG.n" 2>/dev/null || echo 0); n=$((n + 1)); echo $n > "$LOG.n"
+        if [ $n -lt 3 ]; then printf '2\\n{"version": "2"}\\n'; else printf '3\\n{"version": "3", "run_id": "r3"}\\n'; fi ;;
+esac`;
+        const r = run(servedModelScript("kubectl", "mlops-serving", "3", 10).replace(/sleep 2/, "sleep 0.1"), { kubectl });
+        assert.strictEqual(r.status, 0, r.stderr);
+        assert.strictEqual(r.stdout.trim(), 'ops-demo-serving: {"version": "3", "run_id": "r3"}');
+    });
+
+    it("reports what is served, and says so, when the expected version does not come in time", () => {
+        const kubectl = `case "$1" in rollout) exit 0 ;; exec) printf '2\\n{"version": "2"}\\n' ;; esac`;
+        const r = run(servedModelScript("kubectl", "mlops-serving", "3", 1).replace(/sleep 2/, "sleep 0.2"), { kubectl });
+        assert.strictEqual(r.status, 0);
+        assert.match(r.stderr, /serving did not answer with version 3 within 1s/);
+        assert.strictEqual(r.stdout.trim(), 'ops-demo-serving: {"version": "2"}');
     });
 });
