@@ -210,6 +210,15 @@ describe("real engine, real cluster: the k3s stack", function () {
         const out = r.outputs;
         servingUrl = String(out.servingUrl.value);
         assert.match(servingUrl, /^http:\/\/\d+\.\d+\.\d+\.\d+$/, `servingUrl is the LoadBalancer address: ${servingUrl}`);
+        // the run's result and what serving answers with, in the stack outputs (termination message, kubectl exec)
+        const runs = out.trainingRuns.value as Record<string, unknown>[];
+        assert.strictEqual(runs.length, 1);
+        assert.strictEqual(runs[0].status, "succeeded", JSON.stringify(runs[0]));
+        assert.ok(Number(runs[0].accuracy) > 0.8 && Number(runs[0].f1_macro) > 0.8, JSON.stringify(runs[0]));
+        assert.strictEqual(runs[0].promoted, true);
+        assert.match(String(runs[0].mlflow_link), /^http:\/\/localhost:5000\/#\/experiments\/\d+\/runs\/[0-9a-f]{32}/);
+        assert.strictEqual((out.servingModel.value as Record<string, unknown>).version, runs[0].version);
+        console.log(`      trainingRuns: ${JSON.stringify(runs)}`);
         const answer = await firstPrediction(servingUrl, 120000);
         assert.ok([0, 1, 2].includes(Number(answer.class_id ?? answer.prediction)), JSON.stringify(answer));
         rows.push({ step: "pulumi up (from nothing)", seconds: upSeconds, detail: JSON.stringify(resultChanges(r)) });
@@ -259,6 +268,9 @@ describe("real engine, real cluster: the k3s stack", function () {
         await client.stop();
         const c = resultChanges(r);
         rows.push({ step: "nEstimators 300: pulumi up", seconds: secs(start), detail: JSON.stringify(c) });
+        const runs = r.outputs.trainingRuns.value as Record<string, unknown>[];
+        assert.strictEqual(runs[0].n_estimators, 300);
+        assert.strictEqual((r.outputs.servingModel.value as Record<string, unknown>).version, runs[0].version, "servingModel is the new version");
         rows.push({
             step: "  requests during the update / failed",
             seconds: 0,
