@@ -55,6 +55,28 @@ export interface ServingApiArgs {
     readonly expectedVersion?: pulumi.Input<string>;
 }
 
+/**
+ * Waits (bounded: `timeoutSeconds`) for the LoadBalancer's address and prints it; prints nothing, and
+ * says why on stderr, when none comes (a default k3s whose Traefik holds the port, kind, kubeadm):
+ * `pulumi up` neither blocks on it nor fails, and the stack points at the port-forward instead.
+ */
+export function loadBalancerScript(kubectl: string, namespace: string, timeoutSeconds = 60): string {
+    const get = `${kubectl} get svc -n ${shq(namespace)} ${SERVING_SERVICE} -o jsonpath='{.status.loadBalancer.ingress[0].ip}{.status.loadBalancer.ingress[0].hostname}'`;
+    return [
+        "set -uo pipefail",
+        `deadline=$((SECONDS + ${timeoutSeconds}))`,
+        "while true; do",
+        `  address=$(${get} 2>/dev/null)`,
+        '  if [ -n "$address" ]; then echo "$address"; exit 0; fi',
+        "  if (( SECONDS >= deadline )); then",
+        `    echo "${SERVING_SERVICE} got no LoadBalancer address within ${timeoutSeconds}s (on k3s: servicelb needs the port free on the node; Traefik holds 80 on a default install): use the port-forward (pulumi stack output servingPortForward), or see docs/troubleshooting.md" >&2`,
+        "    exit 0",
+        "  fi",
+        "  sleep 2",
+        "done",
+    ].join("\n");
+}
+
 /** The prefix of the served-model read's stdout line carrying serving's GET /model answer (JSON). */
 export const SERVED_PREFIX = "ops-demo-serving: ";
 
@@ -293,10 +315,24 @@ export class ServingApi extends pulumi.ComponentResource {
                 }
             });
         }
-        this.loadBalancerAddress = this.service.status.apply((s) => {
-            const ingress = s?.loadBalancer?.ingress?.[0];
-            return ingress?.ip ?? ingress?.hostname ?? "";
-        });
+        if (args.kubectl !== undefined) {
+            // the Service is not awaited (SERVICE_WAIT_FOR): its address is read by a bounded wait instead
+            const lb = new command.local.Command(
+                `${name}-lb-address`,
+                {
+                    create: loadBalancerScript(args.kubectl, "mlops-serving"),
+                    interpreter: BASH,
+                    triggers: [this.service.metadata.uid, args.servicePort ?? 80],
+                },
+                { parent: this, dependsOn: [this.service] },
+            );
+            this.loadBalancerAddress = lb.stdout.apply((out) => (out ?? "").trim().split("\n").pop() ?? "");
+        } else {
+            this.loadBalancerAddress = this.service.status.apply((s) => {
+                const ingress = s?.loadBalancer?.ingress?.[0];
+                return ingress?.ip ?? ingress?.hostname ?? "";
+            });
+        }
         this.registerOutputs({ loadBalancerAddress: this.loadBalancerAddress });
     }
 }

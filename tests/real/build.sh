@@ -87,9 +87,15 @@ build_kube() {
        go get "k8s.io/kubernetes/cmd/$c@$KUBE_VERSION"
      done
    fi
+   # the version the binaries report (kubectl version, the API server's /version, kube-router's checks)
+   local minor=${KUBE_VERSION#v1.}; minor=${minor%%.*}
+   local vflags="-X k8s.io/component-base/version.gitVersion=$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1"
+   vflags="$vflags -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean"
+   vflags="$vflags -X k8s.io/client-go/pkg/version.gitVersion=$KUBE_VERSION -X k8s.io/client-go/pkg/version.gitMajor=1"
+   vflags="$vflags -X k8s.io/client-go/pkg/version.gitMinor=$minor"
    for c in "${missing[@]}"; do
      log "  $c"
-     go build -trimpath -ldflags "$ldflags" -tags providerless -o "$bin/$c" "k8s.io/kubernetes/cmd/$c"
+     go build -trimpath -ldflags "$ldflags $vflags" -tags providerless -o "$bin/$c" "k8s.io/kubernetes/cmd/$c"
      done_ "$c" "$KUBE_VERSION"
    done)
 }

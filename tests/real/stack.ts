@@ -89,7 +89,9 @@ export function engineEnv(o: RealStackOptions): Record<string, string> {
         PULUMI_SKIP_UPDATE_CHECK: "true",
         PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK: "true",
         PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION: "true",
-        PATH: [...(o.path ?? []), process.env.PATH ?? "/usr/bin:/bin"].join(":"),
+        // without the build cache's bin/: its pulumi-resource-kubernetes would be taken from PATH
+        // ("using ... from $PATH") instead of the plugin installed in PULUMI_HOME
+        PATH: [...(o.path ?? []), ...(process.env.PATH ?? "/usr/bin:/bin").split(":").filter((d) => path.resolve(d) !== BIN)].join(":"),
         ...(o.env ?? {}),
     };
 }

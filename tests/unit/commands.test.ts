@@ -11,7 +11,7 @@ import { kubeconfigScript } from "../../components/cluster";
 import { importCommand } from "../../components/imageImport";
 import { prepareScript } from "../../components/storage";
 import { parseRunResult, rebaseUrl, waitScript } from "../../components/training";
-import { servedModelScript } from "../../components/serving";
+import { loadBalancerScript, servedModelScript } from "../../components/serving";
 
 /** Runs `script` with bash, fake programs (name -> bash body) first on PATH. */
 function run(script: string, fakes: Record<string, string>) {
@@ -174,5 +174,21 @@ esac`;
         assert.strictEqual(r.status, 0);
         assert.match(r.stderr, /serving did not answer with version 3 within 1s/);
         assert.strictEqual(r.stdout.trim(), 'ops-demo-serving: {"version": "2"}');
+    });
+});
+
+describe("the LoadBalancer address", () => {
+    it("prints the address once servicelb assigned it", () => {
+        const kubectl = `n=$(cat "$LOG.n" 2>/dev/null || echo 0); echo $((n + 1)) > "$LOG.n"; [ $n -ge 2 ] && printf '10.41.0.1'; exit 0`;
+        const r = run(loadBalancerScript("kubectl", "mlops-serving", 10).replace(/sleep 2/, "sleep 0.1"), { kubectl });
+        assert.strictEqual(r.status, 0, r.stderr);
+        assert.strictEqual(r.stdout.trim(), "10.41.0.1");
+    });
+
+    it("gives up after its bound without failing the update, saying where to look", () => {
+        const r = run(loadBalancerScript("kubectl", "mlops-serving", 1).replace(/sleep 2/, "sleep 0.2"), { kubectl: "exit 0" });
+        assert.strictEqual(r.status, 0);
+        assert.strictEqual(r.stdout, "");
+        assert.match(r.stderr, /got no LoadBalancer address within 1s .*Traefik holds 80/);
     });
 });
