@@ -3,11 +3,18 @@ import * as fs from "fs";
 import * as path from "path";
 import { projectDeclarations, ROOT } from "./harness";
 
-/** The rows of README.md's config table: key -> [type, default, description]. */
-function readmeTable(): Map<string, [string, string, string]> {
-    const text = fs.readFileSync(path.join(ROOT, "README.md"), "utf8");
+/** The reference page that holds the config table (README.md links it). */
+const CONFIG_PAGE = "docs/configuration.md";
+
+function read(file: string): string {
+    return fs.readFileSync(path.join(ROOT, file), "utf8");
+}
+
+/** The rows of the config table of docs/configuration.md: key -> [type, default, description]. */
+function configTable(): Map<string, [string, string, string]> {
+    const text = read(CONFIG_PAGE);
     const m = /<!-- config-table:start -->\n([\s\S]*?)<!-- config-table:end -->/.exec(text);
-    assert.ok(m, "README.md has no config table between the markers");
+    assert.ok(m, `${CONFIG_PAGE} has no config table between the markers`);
     const rows = new Map<string, [string, string, string]>();
     for (const line of m[1].split("\n").slice(2)) {
         if (line.trim() === "") {
@@ -20,9 +27,34 @@ function readmeTable(): Map<string, [string, string, string]> {
     return rows;
 }
 
-describe("README.md", () => {
-    it("documents exactly the config keys of Pulumi.yaml, with their types, defaults and descriptions", () => {
-        const rows = readmeTable();
+/** The documentation pages: README.md and every docs/*.md. */
+function markdownPages(): string[] {
+    const docs = fs.readdirSync(path.join(ROOT, "docs")).filter((f) => f.endsWith(".md")).sort();
+    return ["README.md", ...docs.map((f) => `docs/${f}`)];
+}
+
+/** Markdown without fenced code blocks and inline code (neither holds headings or links). */
+function prose(text: string): string {
+    return text.replace(/^```[\s\S]*?^```/gm, "").replace(/`[^`\n]*`/g, "");
+}
+
+/** GitHub's anchors of a page's headings (lower case, punctuation dropped, spaces to hyphens). */
+function anchors(text: string): Set<string> {
+    const seen = new Set<string>();
+    for (const m of prose(text).matchAll(/^#{1,6} +(.+?) *$/gm)) {
+        const base = m[1].toLowerCase().replace(/[^\p{L}\p{N}\s_-]/gu, "").replace(/ /g, "-");
+        let slug = base;
+        for (let n = 1; seen.has(slug); n++) {
+            slug = `${base}-${n}`;
+        }
+        seen.add(slug);
+    }
+    return seen;
+}
+
+describe("README.md and docs/", () => {
+    it("docs/configuration.md documents exactly the config keys of Pulumi.yaml, with their types, defaults and descriptions", () => {
+        const rows = configTable();
         const decls = projectDeclarations();
         assert.deepStrictEqual([...rows.keys()].sort(), Object.keys(decls).sort());
         for (const [key, d] of Object.entries(decls)) {
@@ -33,9 +65,9 @@ describe("README.md", () => {
         }
     });
 
-    it("names the commands it tells users to run", () => {
-        const text = fs.readFileSync(path.join(ROOT, "README.md"), "utf8");
-        const pkg = JSON.parse(fs.readFileSync(path.join(ROOT, "package.json"), "utf8"));
+    it("README names the commands it tells users to run", () => {
+        const text = read("README.md");
+        const pkg = JSON.parse(read("package.json"));
         for (const script of ["test", "test:unit", "lint", "render", "up"]) {
             assert.ok(pkg.scripts[script], `package.json has no ${script} script`);
             assert.ok(text.includes(`npm ${script === "test" ? "test" : `run ${script}`}`) || text.includes(`npm run ${script}`), `README does not mention ${script}`);
@@ -43,5 +75,42 @@ describe("README.md", () => {
         for (const file of ["scripts/up", "scripts/preview", "scripts/destroy"]) {
             assert.ok(fs.existsSync(path.join(ROOT, file)) && text.includes(file), file);
         }
+    });
+
+    it("README names every test tier that npm test runs", () => {
+        const m = /^\[ \$\{#tiers\[@\]\} -gt 0 \] \|\| tiers=\(([^)]*)\)$/m.exec(read("scripts/test"));
+        assert.ok(m, "scripts/test has no default tier list");
+        const text = read("README.md");
+        for (const tier of m[1].trim().split(/\s+/)) {
+            assert.ok(text.includes(`\`${tier}\``), `README does not name the tier ${tier}`);
+        }
+    });
+
+    it("README links every page under docs/", () => {
+        const text = read("README.md");
+        for (const page of markdownPages().slice(1)) {
+            assert.ok(text.includes(`](${page})`), `README does not link ${page}`);
+        }
+    });
+
+    it("every relative link of README.md and docs/*.md reaches a file, and a heading where it names one", () => {
+        const broken: string[] = [];
+        for (const page of markdownPages()) {
+            const text = read(page);
+            for (const m of prose(text).matchAll(/\]\(([^)\s]+)\)/g)) {
+                const target = m[1];
+                if (/^[a-z]+:/i.test(target)) {
+                    continue;
+                }
+                const [file, anchor] = target.split("#", 2);
+                const resolved = file === "" ? page : path.posix.normalize(path.posix.join(path.posix.dirname(page), file));
+                if (!fs.existsSync(path.join(ROOT, resolved))) {
+                    broken.push(`${page}: ${target} (no ${resolved})`);
+                } else if (anchor !== undefined && resolved.endsWith(".md") && !anchors(read(resolved)).has(anchor)) {
+                    broken.push(`${page}: ${target} (no heading #${anchor} in ${resolved})`);
+                }
+            }
+        }
+        assert.deepStrictEqual(broken, []);
     });
 });
