@@ -25,7 +25,7 @@ DEFAULT_HEADER = """# Serving benchmark
 
 The project's serving app against `mlflow models serve` on the same model and against a bare
 FastAPI endpoint (the HTTP floor), all on loopback with 2 worker processes. Reproduce with
-`npm run bench` (README.md, "Benchmark"). Compare the ratios within one run: absolute numbers
+`npm run bench` (docs/testing.md, "Benchmark"). Compare the ratios within one run: absolute numbers
 move with whatever else runs on the machine.
 
 """

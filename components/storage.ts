@@ -46,7 +46,7 @@ export interface SharedStorageArgs {
     readonly clusterIdentity: pulumi.Input<string>;
     /**
      * When set, the volumes are this NFS export (`path`) and its `models` directory instead of
-     * hostPaths under storageDir; the export is prepared on the NFS server (README), not here.
+     * hostPaths under storageDir; the export is prepared on the NFS server (docs/multinode.md), not here.
      */
     readonly nfs?: { readonly server: string; readonly path: string };
 }
