@@ -118,6 +118,14 @@ build_kube_router() {
   done_ kube-router "$KUBE_ROUTER_VERSION"
 }
 
+# One build at a time: .ci/run starts one in the background while the faster tiers run; the real
+# tier's own call then waits here for it and finds everything built.
+exec 9>"$cache/build.lock"
+if ! flock -n 9; then
+  log "another build is running (lock $cache/build.lock): waiting for it"
+  flock 9
+fi
+
 all=(pulumi kube kubernetes_provider coredns kube_router)
 want=("$@"); [ ${#want[@]} -gt 0 ] || want=("${all[@]}")
 start=$SECONDS

@@ -141,8 +141,25 @@ async function runProbe(name: string, namespace: string, app: string, image: str
     return { phase, log };
 }
 
-const reach = (url: string) =>
-    `import urllib.request,sys\ntry:\n  urllib.request.urlopen("${url}", timeout=5); print("reached")\nexcept Exception as e:\n  print("blocked:", e); sys.exit(3)`;
+/**
+ * A probe that tries `url` for up to `seconds` (kube-router admits a new pod's address some moments
+ * after the pod starts, as any policy controller does: the trainer retries its first connection for
+ * the same reason). Exits 0 at the first answer, 3 when every try failed.
+ */
+const reach = (url: string, seconds = 30) =>
+    [
+        "import sys, time, urllib.request",
+        `deadline = time.time() + ${seconds}`,
+        "last = None",
+        "while time.time() < deadline:",
+        "    try:",
+        `        urllib.request.urlopen("${url}", timeout=3)`,
+        '        print("reached"); sys.exit(0)',
+        "    except Exception as e:",
+        "        last = e",
+        "        time.sleep(1)",
+        'print("blocked:", last); sys.exit(3)',
+    ].join("\n");
 
 describe("real engine, real cluster: the k3s stack", function () {
     this.timeout(45 * 60 * 1000);
