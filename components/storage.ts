@@ -94,6 +94,13 @@ export function boundVolume(
     };
 }
 
+/**
+ * The claim's readiness as Pulumi awaits it: Bound. Said explicitly because the provider's default
+ * claim await looks up the claim's storage class first and warns "no storage class found" on every
+ * update for a pre-bound claim without one (storageClassName "", on purpose: never a provisioner's).
+ */
+export const CLAIM_WAIT_FOR = "jsonpath={.status.phase}=Bound";
+
 /** The claim bound to exactly `volumeName`. */
 export function boundClaim(
     name: string,
@@ -102,7 +109,7 @@ export function boundClaim(
     accessMode: string,
 ): k8s.core.v1.PersistentVolumeClaimArgs {
     return {
-        metadata: { name, namespace, labels: { ...COMMON_LABELS } },
+        metadata: { name, namespace, labels: { ...COMMON_LABELS }, annotations: { "pulumi.com/waitFor": CLAIM_WAIT_FOR } },
         spec: {
             accessModes: [accessMode],
             storageClassName: "",

@@ -270,6 +270,26 @@ describe("real engine, real cluster: the k3s stack", function () {
         rows.push({ step: "pulumi refresh", seconds: secs(start), detail: JSON.stringify(resultChanges(refresh)) });
     });
 
+    it("2b. pulumi up --replace of the Service and the Job: both are in the cluster afterwards (fixed names, delete-first)", async () => {
+        const resources = (await stack.exportStack()).deployment.resources as { urn: string; type: string }[];
+        const urn = (type: string, suffix: string) => {
+            const found = resources.find((r) => r.type === type && r.urn.endsWith(suffix));
+            assert.ok(found, `no ${type} ...${suffix} in the state`);
+            return found.urn;
+        };
+        const service = urn("kubernetes:core/v1:Service", "::serving-service");
+        const job = urn("kubernetes:batch/v1:Job", "");
+        const start = Date.now();
+        const r = await stack.up({ replace: [service, job] });
+        rows.push({ step: "pulumi up --replace Service + Job", seconds: secs(start), detail: JSON.stringify(resultChanges(r)) });
+        assert.ok((resultChanges(r).replace ?? 0) >= 2, JSON.stringify(resultChanges(r)));
+        assert.strictEqual(kubectl(kubeconfig, ["get", "svc", "-n", "mlops-serving", "iris-serving-service", "-o", "name"]).stdout.trim(), "service/iris-serving-service");
+        const jobs = kubectl(kubeconfig, ["get", "jobs", "-n", "mlops-training", "-o", "jsonpath={range .items[*]}{.metadata.name}={.status.succeeded}{\"\\n\"}{end}"]).stdout;
+        assert.match(jobs, /iris-training-baseline-[0-9a-f]{8}=1/);
+        servingUrl = String(r.outputs.servingUrl.value);
+        await firstPrediction(servingUrl, 60000);
+    });
+
     it("3. pulumi config set nEstimators 300 && pulumi up: a new Job, a new model, 0 failed requests", async () => {
         const before = await firstPrediction(servingUrl, 10000);
         const client = new LoadClient(`${servingUrl}/predict`, 1800);

@@ -101,7 +101,15 @@ export async function selectStack(o: RealStackOptions): Promise<Stack> {
     const env = engineEnv(o);
     // the in-process program and the providers' commands see the same PATH as the engine
     process.env.PATH = env.PATH;
-    const pulumiCommand = await PulumiCommand.get({ root: CACHE, skipVersionCheck: true });
+    // PulumiCommand puts <root>/bin on the engine's PATH: a root holding only the CLI, so that the
+    // cache's bin/ (with its pulumi-resource-kubernetes) is never offered as an ambient plugin
+    const root = path.join(CACHE, "pulumi-root");
+    fs.mkdirSync(path.join(root, "bin"), { recursive: true });
+    const link = path.join(root, "bin", "pulumi");
+    if (!fs.existsSync(link)) {
+        fs.symlinkSync(path.join(BIN, "pulumi"), link);
+    }
+    const pulumiCommand = await PulumiCommand.get({ root, skipVersionCheck: true });
     return LocalWorkspace.createOrSelectStack(
         { stackName: o.stackName, projectName: "ops-demo", program: inlineProgram(o.workDir) },
         { workDir: o.workDir, envVars: env, pulumiCommand },

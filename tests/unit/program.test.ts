@@ -174,6 +174,8 @@ describe("the program, stack k3s (the host's k3s)", () => {
             assert.strictEqual(pvc.metadata.namespace, ns);
             assert.strictEqual(pvc.spec.volumeName, pvName);
             assert.strictEqual(pvc.spec.storageClassName, "");
+            // awaited as Bound without the provider's storage-class lookup (it warned on every update)
+            assert.strictEqual(pvc.metadata.annotations["pulumi.com/waitFor"], "jsonpath={.status.phase}=Bound");
         }
     });
 
@@ -345,6 +347,8 @@ describe("the program, stack dev (k3s in a Docker container made by the stack)",
         assert.ok(cmd.create.includes("docker exec ops-demo-k3s cat /etc/rancher/k3s/k3s.yaml"), cmd.create);
         assert.ok(cmd.create.includes("https://127.0.0.1:16443"), cmd.create);
         assert.ok(cmd.create.includes("docker logs ops-demo-k3s"), "a timeout says where to look");
+        // its stdout is the admin kubeconfig: never streamed to the console, encrypted in the state
+        assert.strictEqual(cmd.logging, "none");
         const provider = inputs(findResource(run.resources, "pulumi:providers:kubernetes", "cluster-k8s"));
         assert.ok(String(provider.kubeconfig).includes("kind: Config"));
         for (const o of kubernetesObjects(run.resources)) {
