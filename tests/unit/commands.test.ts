@@ -9,6 +9,7 @@ import * as os from "os";
 import * as path from "path";
 import { kubeconfigScript } from "../../components/cluster";
 import { importCommand } from "../../components/imageImport";
+import { asRootFunction } from "../../components/shell";
 import { prepareScript } from "../../components/storage";
 import { parseRunResult, rebaseUrl, waitScript } from "../../components/training";
 import { loadBalancerScript, servedModelScript } from "../../components/serving";
@@ -190,5 +191,53 @@ describe("the LoadBalancer address", () => {
         assert.strictEqual(r.status, 0);
         assert.strictEqual(r.stdout, "");
         assert.match(r.stderr, /got no LoadBalancer address within 1s .*Traefik holds 80/);
+    });
+});
+
+describe("root commands on the host (as_root)", () => {
+    const script = (sudo: boolean) => `${asRootFunction(sudo)}\nas_root whoami-like arg`;
+    const whoami = `echo "ran as $(id -u): $*"`;
+
+    it("as root: runs the command itself, no sudo needed (a minimal host has none)", () => {
+        const r = run(script(true), { id: "echo 0", "whoami-like": whoami });
+        assert.strictEqual(r.status, 0, r.stderr);
+        assert.strictEqual(r.stdout.trim(), "ran as 0: arg");
+    });
+
+    it("not root, no sudo installed: says to run as root or install sudo", () => {
+        const r = run(script(true), { id: "echo 1000", "whoami-like": whoami });
+        assert.strictEqual(r.status, 127);
+        assert.match(r.stderr, /needs root and sudo is not installed: run pulumi as root, or install sudo/);
+    });
+
+    it("not root, sudo wants a password: says what to do instead of hanging", () => {
+        const r = run(script(true), { id: "echo 1000", sudo: `[ "$1" = -n ] && { echo "sudo: a password is required" >&2; exit 1; }`, "whoami-like": whoami });
+        assert.strictEqual(r.status, 1);
+        assert.match(r.stderr, /sudo asks for a password: run sudo -v right before pulumi up/);
+    });
+
+    it("not root, sudo allowed: through sudo -n", () => {
+        const r = run(script(true), { id: "echo 1000", sudo: `[ "$1" = -n ] && shift; [ "$1" = true ] && exit 0; echo "sudo ran: $*"`, "whoami-like": whoami });
+        assert.strictEqual(r.status, 0, r.stderr);
+        assert.strictEqual(r.stdout.trim(), "sudo ran: whoami-like arg");
+    });
+});
+
+describe("the image import into k3s", () => {
+    const opts = { sudo: false, embeddedContainer: "ops-demo-k3s", kindClusterName: "kind" };
+
+    it("does not import an image containerd already holds under its content tag", () => {
+        const r = run(importCommand("k3s", "ops-demo:serving-0123456789ab", opts)!, {
+            k3s: `[ "$*" = "ctr images ls -q name==docker.io/library/ops-demo:serving-0123456789ab" ] && echo docker.io/library/ops-demo:serving-0123456789ab; [ "$3" = import ] && echo IMPORTED; exit 0`,
+            docker: `echo "docker must not be called" >&2; exit 1`,
+        });
+        assert.strictEqual(r.status, 0, r.stderr);
+        assert.match(r.stdout, /already in the cluster's containerd, not imported again/);
+    });
+
+    it("names a missing k3s and what to do", () => {
+        const r = run(importCommand("k3s", "ops-demo:serving-0123456789ab", opts)!, { docker: "exit 0" });
+        assert.strictEqual(r.status, 127);
+        assert.match(r.stderr, /k3s: not found on PATH .*install k3s, or choose another imageLoader/);
     });
 });

@@ -2,7 +2,7 @@ import * as assert from "assert";
 import * as fs from "fs";
 import * as path from "path";
 import { contextFiles, contentHash, imageRef, isIgnored, parseDockerignore } from "../../components/contentHash";
-import { buildSpec } from "../../components/images";
+import { buildPlatform, buildSpec } from "../../components/images";
 import { tempTree } from "./fixtures";
 
 const spec = (dir: string, args: Record<string, string> = {}) => ({ context: dir, dockerfile: path.join(dir, "Dockerfile"), args });
@@ -90,5 +90,9 @@ describe("content-addressed image tags", () => {
         assert.throws(() => buildSpec(dir, "training", ""), /image training: .*training\/Dockerfile not found/);
         assert.deepStrictEqual(buildSpec(dir, "serving", "python:3.12").args, { BASE_IMAGE: "python:3.12" });
         assert.deepStrictEqual(buildSpec(dir, "serving", "").args, {});
+        // pipNoIndex: pip installs only from the context's wheels/ (offline builds); the tag changes with it
+        assert.deepStrictEqual(buildSpec(dir, "serving", "python:3.12", true).args, { BASE_IMAGE: "python:3.12", PIP_NO_INDEX: "1" });
+        assert.strictEqual(buildPlatform("x64"), "linux/amd64");
+        assert.strictEqual(buildPlatform("arm64"), "linux/arm64");
     });
 });

@@ -335,6 +335,8 @@ describe("the program, stack dev (k3s in a Docker container made by the stack)",
         assert.strictEqual(c.name, "ops-demo-k3s");
         assert.strictEqual(c.privileged, true);
         assert.strictEqual(c.command[0], "server");
+        // evicts only when the disk is really full (a laptop's Docker disk passes the default 10-15% quickly)
+        assert.ok(c.command.includes("--kubelet-arg=eviction-hard=imagefs.available<1%,nodefs.available<1%"), c.command.join(" "));
         const ports = c.ports.map((p: any) => [p.internal, p.external, p.ip]);
         assert.deepStrictEqual(ports, [[6443, 16443, "127.0.0.1"], [80, 8080, "127.0.0.1"], [30500, 5050, "127.0.0.1"]]);
         const dir = run.outputs.storageDir;
