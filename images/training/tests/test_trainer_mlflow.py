@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 
 import numpy as np
 import pytest
@@ -15,25 +14,6 @@ from trainer.model import CLASS_NAMES, train_model
 
 PLOTS = ("plots/confusion_matrix.png", "plots/feature_importance.png")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture
-def trainer_env(mlflow_server, tmp_path, monkeypatch):
-    """Environment for one trainer invocation: its own model name, experiment and models dir."""
-    suffix = uuid.uuid4().hex[:8]
-    env = {
-        "MLFLOW_TRACKING_URI": mlflow_server.uri,
-        "MLFLOW_EXPERIMENT_NAME": f"exp-{suffix}",
-        "MODEL_NAME": f"iris-{suffix}",
-        "MODELS_DIR": str(tmp_path / "models"),
-        "MLFLOW_CONNECT_RETRIES": "3",
-        "MLFLOW_CONNECT_BACKOFF_SECONDS": "0.2",
-    }
-    for key in ("N_ESTIMATORS", "MAX_DEPTH", "RUN_NAME", "PROMOTION_POLICY"):
-        monkeypatch.delenv(key, raising=False)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    return env
 
 
 def _client(uri):

@@ -4,30 +4,9 @@ experiment kind and saved runs view, dataset inputs, model and model-version des
 from __future__ import annotations
 
 import json
-import uuid
-
-import pytest
 
 from trainer import cli, tracking
 from trainer.model import FEATURE_NAMES, train_model
-
-
-@pytest.fixture
-def ui_env(mlflow_server, tmp_path, monkeypatch):
-    suffix = uuid.uuid4().hex[:8]
-    env = {
-        "MLFLOW_TRACKING_URI": mlflow_server.uri,
-        "MLFLOW_EXPERIMENT_NAME": f"ui-{suffix}",
-        "MODEL_NAME": f"iris-ui-{suffix}",
-        "MODELS_DIR": str(tmp_path / "models"),
-        "MLFLOW_CONNECT_RETRIES": "3",
-        "MLFLOW_CONNECT_BACKOFF_SECONDS": "0.2",
-    }
-    for key in ("N_ESTIMATORS", "MAX_DEPTH", "RUN_NAME", "PROMOTION_POLICY"):
-        monkeypatch.delenv(key, raising=False)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    return env
 
 
 def _client(uri):
@@ -42,15 +21,15 @@ def _run(client, experiment_id, run_name):
     return runs[0]
 
 
-def test_experiment_is_a_training_experiment_with_a_metrics_view(ui_env, mlflow_server, capsys):
+def test_experiment_is_a_training_experiment_with_a_metrics_view(trainer_env, mlflow_server, capsys):
     assert cli.main(["--n-estimators", "5", "--max-depth", "2", "--run-name", "first"]) == 0
     out = capsys.readouterr().out
     client = _client(mlflow_server.uri)
-    experiment = client.get_experiment_by_name(ui_env["MLFLOW_EXPERIMENT_NAME"])
+    experiment = client.get_experiment_by_name(trainer_env["MLFLOW_EXPERIMENT_NAME"])
     tags = experiment.tags
 
     assert tags["mlflow.experimentKind"] == "custom_model_development"
-    assert ui_env["MODEL_NAME"] in tags["mlflow.note.content"] and "champion" in tags["mlflow.note.content"]
+    assert trainer_env["MODEL_NAME"] in tags["mlflow.note.content"] and "champion" in tags["mlflow.note.content"]
 
     envelope = json.loads(tags["mlflow.sharedViewState.training-metrics"])
     assert envelope["name"] == "Training metrics" and isinstance(envelope["createdAt"], int)
@@ -88,10 +67,10 @@ def test_experiment_is_a_training_experiment_with_a_metrics_view(ui_env, mlflow_
     assert tags["mlflow.experimentKind"] == "custom_model_development"
 
 
-def test_splits_are_logged_as_dataset_inputs(ui_env, mlflow_server):
+def test_splits_are_logged_as_dataset_inputs(trainer_env, mlflow_server):
     assert cli.main(["--n-estimators", "7", "--max-depth", "3", "--run-name", "data"]) == 0
     client = _client(mlflow_server.uri)
-    experiment = client.get_experiment_by_name(ui_env["MLFLOW_EXPERIMENT_NAME"])
+    experiment = client.get_experiment_by_name(trainer_env["MLFLOW_EXPERIMENT_NAME"])
     run = client.get_run(_run(client, experiment.experiment_id, "data").info.run_id)
 
     inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
@@ -117,9 +96,9 @@ def test_splits_are_logged_as_dataset_inputs(ui_env, mlflow_server):
     assert loaded.to_dict()["uri"] == tracking.iris_source_uri()
 
 
-def test_model_and_versions_carry_descriptions(ui_env, mlflow_server):
+def test_model_and_versions_carry_descriptions(trainer_env, mlflow_server):
     client = _client(mlflow_server.uri)
-    name = ui_env["MODEL_NAME"]
+    name = trainer_env["MODEL_NAME"]
     assert cli.main(["--n-estimators", "9", "--max-depth", "3", "--run-name", "described"]) == 0
     assert (
         cli.main(["--n-estimators", "1", "--max-depth", "1", "--run-name", "stump", "--promotion-policy", "better"])
@@ -128,7 +107,7 @@ def test_model_and_versions_carry_descriptions(ui_env, mlflow_server):
 
     model = client.get_registered_model(name)
     assert "Iris" in model.description and "champion" in model.description
-    experiment = client.get_experiment_by_name(ui_env["MLFLOW_EXPERIMENT_NAME"])
+    experiment = client.get_experiment_by_name(trainer_env["MLFLOW_EXPERIMENT_NAME"])
 
     for version, run_name, n, depth, promoted in (("1", "described", 9, 3, True), ("2", "stump", 1, 1, False)):
         run = _run(client, experiment.experiment_id, run_name)
