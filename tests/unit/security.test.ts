@@ -3,7 +3,7 @@ import * as assert from "assert";
 import { loadConfig } from "../../components/config";
 import { configProblems, stackLoader } from "./fixtures";
 import { findResource, kubernetesObjects, ofType, ProgramRun, Recorded, stackFileConfig } from "./harness";
-import { mentionsContainers, podTemplatesOf, restrictedViolations } from "./podSecurity";
+import { mentionsContainers, podTemplatesOf } from "./podTemplates";
 
 /* eslint-disable @typescript-eslint/no-explicit-any */
 const load = stackLoader();
@@ -46,40 +46,12 @@ describe("Pod Security Standard restricted", () => {
         }
     });
 
-    describe("the check (written from the Pod Security Standards document) rejects each violation", () => {
+    // The restricted profile's rules are judged by the real API server (tests/real/admission.test.ts).
+    describe("pod templates", () => {
         const good = () => ({
             securityContext: { runAsNonRoot: true, runAsUser: 10001, seccompProfile: { type: "RuntimeDefault" } },
             containers: [{ name: "c", image: "i", securityContext: { allowPrivilegeEscalation: false, capabilities: { drop: ["ALL"] } } }],
-            volumes: [{ name: "tmp", emptyDir: {} }, { name: "d", persistentVolumeClaim: { claimName: "x" } }],
         });
-        it("accepts a compliant pod (so the rejections below are about their one change)", () => {
-            assert.deepStrictEqual(restrictedViolations(good()), []);
-        });
-        const cases: [string, (s: any) => void, RegExp][] = [
-            ["privilege escalation allowed", (s) => (s.containers[0].securityContext.allowPrivilegeEscalation = true), /Privilege Escalation/],
-            ["privilege escalation unset", (s) => delete s.containers[0].securityContext.allowPrivilegeEscalation, /Privilege Escalation/],
-            ["no runAsNonRoot anywhere", (s) => delete s.securityContext.runAsNonRoot, /Running as Non-root/],
-            ["a container with runAsNonRoot false", (s) => (s.containers[0].securityContext.runAsNonRoot = false), /Running as Non-root/],
-            ["runAsUser 0", (s) => (s.containers[0].securityContext.runAsUser = 0), /Non-root user/],
-            ["capabilities not dropped", (s) => delete s.containers[0].securityContext.capabilities, /must drop ALL/],
-            ["a capability added", (s) => (s.containers[0].securityContext.capabilities.add = ["CHOWN"]), /adds CHOWN/],
-            ["no seccomp profile", (s) => delete s.securityContext.seccompProfile, /Seccomp/],
-            ["seccomp Unconfined", (s) => (s.containers[0].securityContext.seccompProfile = { type: "Unconfined" }), /Unconfined/],
-            ["a hostPath volume", (s) => s.volumes.push({ name: "h", hostPath: { path: "/" } }), /Volume Types: volume h uses hostPath/],
-            ["hostNetwork", (s) => (s.hostNetwork = true), /Host Namespaces/],
-            ["privileged", (s) => (s.containers[0].securityContext.privileged = true), /Privileged/],
-            ["a hostPort", (s) => (s.containers[0].ports = [{ containerPort: 80, hostPort: 80 }]), /Host Ports/],
-            ["an init container without a security context", (s) => (s.initContainers = [{ name: "init", image: "i" }]), /initContainers\[init\]/],
-            ["an unsafe sysctl", (s) => (s.securityContext.sysctls = [{ name: "kernel.msgmax", value: "1" }]), /Sysctls/],
-        ];
-        for (const [what, mutate, message] of cases) {
-            it(`rejects ${what}`, () => {
-                const spec = good();
-                mutate(spec);
-                const v = restrictedViolations(spec);
-                assert.ok(v.some((x) => message.test(x)), `${what}: ${JSON.stringify(v)}`);
-            });
-        }
         it("finds the pod template of each workload kind and flags an unknown kind that carries containers", () => {
             const spec = good();
             assert.strictEqual(podTemplatesOf({ kind: "CronJob", spec: { jobTemplate: { spec: { template: { spec } } } } })![0][1], spec);
@@ -91,7 +63,7 @@ describe("Pod Security Standard restricted", () => {
     });
 
     for (const [stack, set] of VARIANTS) {
-        it(`every pod the program declares passes it: stack ${stack} ${JSON.stringify(set)}`, async () => {
+        it(`every pod the program declares is in a restricted namespace, read-only with a /tmp emptyDir and resources: stack ${stack} ${JSON.stringify(set)}`, async () => {
             const run = await load(stack, set);
             const objects = kubernetesObjects(run.resources);
             const restrictedNamespaces = new Set(
@@ -109,9 +81,8 @@ describe("Pod Security Standard restricted", () => {
                     continue;
                 }
                 assert.ok(restrictedNamespaces.has(obj.metadata.namespace), `${obj.kind} ${o.name} is in ${obj.metadata.namespace}, which does not enforce restricted`);
-                for (const [where, spec, meta] of templates) {
+                for (const [, spec] of templates) {
                     pods++;
-                    assert.deepStrictEqual(restrictedViolations(spec, meta), [], `${obj.kind} ${o.name} ${where}`);
                     for (const c of [...spec.containers, ...(spec.initContainers ?? [])]) {
                         const what = `${obj.kind} ${o.name} container ${c.name}`;
                         assert.strictEqual(c.securityContext.readOnlyRootFilesystem, true, `${what}: read-only root filesystem`);
