@@ -8,7 +8,7 @@ import * as fs from "fs";
 import * as path from "path";
 
 /** One .dockerignore rule, compiled. */
-interface IgnoreRule {
+export interface IgnoreRule {
     readonly negate: boolean;
     readonly regex: RegExp;
 }

@@ -10,6 +10,7 @@ import * as os from "os";
 import * as path from "path";
 import * as provider from "@pulumi/pulumi/provider";
 import { EngineLog, Props, changedKeys, containsUnknown, defined, exitDescription, reveal, runProcess, secret } from "./common";
+import { IgnoreRule, isIgnored, parseDockerignore } from "../../../components/contentHash";
 
 export const VERSION = "4.11.2";
 const IMAGE = "docker:index/image:Image";
@@ -32,70 +33,7 @@ export function hostPlatform(): string {
 // ---------------------------------------------------------------------------------------------
 // .dockerignore and the context digest
 
-interface IgnoreRule {
-    readonly re: RegExp;
-    readonly exclude: boolean;
-}
-
-/** Parses .dockerignore lines (comments, `!` exceptions, `*`, `?`, `**`, `[...]`) into rules. */
-export function parseDockerignore(text: string): IgnoreRule[] {
-    const rules: IgnoreRule[] = [];
-    for (const raw of text.split(/\r?\n/)) {
-        let line = raw.trim();
-        if (line === "" || line.startsWith("#")) {
-            continue;
-        }
-        const exclude = !line.startsWith("!");
-        if (!exclude) {
-            line = line.slice(1).trim();
-        }
-        line = path.posix.normalize(line.replace(/^\/+/, "")).replace(/\/+$/, "");
-        if (line === "." || line === "") {
-            continue;
-        }
-        let re = "";
-        for (let i = 0; i < line.length; i++) {
-            const c = line[i];
-            if (c === "*" && line[i + 1] === "*") {
-                // `**` any number of directories (also none); `**/` likewise.
-                i++;
-                if (line[i + 1] === "/") {
-                    i++;
-                    re += "(?:.*/)?";
-                } else {
-                    re += ".*";
-                }
-            } else if (c === "*") {
-                re += "[^/]*";
-            } else if (c === "?") {
-                re += "[^/]";
-            } else if (c === "[") {
-                const end = line.indexOf("]", i);
-                re += end > i ? line.slice(i, end + 1).replace(/^\[!/, "[^") : "\\[";
-                i = end > i ? end : i;
-            } else if (c === "\\" && i + 1 < line.length) {
-                re += "\\" + line[++i];
-            } else {
-                re += c.replace(/[.+^${}()|\]\\]/g, "\\$&");
-            }
-        }
-        rules.push({ re: new RegExp(`^${re}$`), exclude });
-    }
-    return rules;
-}
-
-/** Whether `rel` (a slash path in the context) is excluded: the last rule matching it or a parent wins. */
-export function ignored(rules: readonly IgnoreRule[], rel: string): boolean {
-    const parts = rel.split("/");
-    const prefixes = parts.map((_, i) => parts.slice(0, i + 1).join("/"));
-    let out = false;
-    for (const r of rules) {
-        if (prefixes.some((p) => r.re.test(p))) {
-            out = r.exclude;
-        }
-    }
-    return out;
-}
+// .dockerignore rules are the program's own (components/contentHash.ts: the same rules decide the image tag)
 
 /** `<dockerfile>.dockerignore` when present, else `<context>/.dockerignore` (Docker's precedence). */
 function ignoreRules(context: string, dockerfile: string): IgnoreRule[] {
@@ -115,7 +53,7 @@ function ignoreRules(context: string, dockerfile: string): IgnoreRule[] {
  */
 export function contextDigest(context: string, dockerfile: string): string {
     const rules = ignoreRules(context, dockerfile);
-    const hasExceptions = rules.some((r) => !r.exclude);
+    const hasExceptions = rules.some((r) => r.negate);
     const acc = crypto.createHash("sha256");
     const add = (name: string, mode: number, content: Buffer | string) => {
         acc.update(`${name}\0${mode.toString(8)}\0${crypto.createHash("sha256").update(content).digest("hex")}\n`);
@@ -126,7 +64,7 @@ export function contextDigest(context: string, dockerfile: string): string {
             const abs = path.join(dir, name);
             const rel = path.relative(context, abs).split(path.sep).join("/");
             const st = fs.lstatSync(abs);
-            const skip = ignored(rules, rel);
+            const skip = isIgnored(rel, rules);
             if (st.isDirectory()) {
                 if (!skip || hasExceptions) {
                     walk(abs);
