@@ -4,10 +4,14 @@
 2. One model from the trainer's production command (300 trees, depth 15, run "optimized"),
    registered in MLflow and exported to a temporary models directory.
 3. Model inference alone: the serving app's path against scikit-learn's predict_proba.
-4. Three servers one after another on 127.0.0.1, 2 worker processes each: the serving app
-   (``python -m app.serve``), ``mlflow models serve`` on the registered model, and the HTTP floor
-   (bench/floor.py). Each answers the guide's row correctly before wrk loads it.
-5. docs/benchmarks.md (generated section) and docs/benchmarks.png; the same tables on stdout.
+4. Cold starts: the serving app's command started ``--cold-starts`` times, time to /ready 200, RSS.
+5. Interleaved rounds on 127.0.0.1, 2 workers each (A, B, C, A, B, C, ...): the serving app
+   (``python -m app.serve``; /predict, V2 /v2/models/<name>/infer and MLflow /invocations), the
+   FastAPI floor (bench/floor.py), the Go floor (bench/gofloor), MLServer and KServe's model
+   server (bench/peers, own virtualenvs) and ``mlflow models serve``. Each is started anew in
+   every round, answers the guide's row correctly before wrk loads it, and is pinned to the
+   servers' CPUs (wrk to its own); per process CPU, context switches and wrk's connections are read.
+6. docs/benchmarks.md (generated section) and docs/benchmarks.png; the same tables on stdout.
 """
 
 from __future__ import annotations
@@ -31,14 +35,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import report, wrk
+from bench import procs, report, wrk
 from bench.inference import GUIDE_ROW, REPO, SERVING_DIR, batch_rows, load_serving_path, measure
+from bench.procs import cpu_count
 
 TRAINING_DIR = REPO / "images" / "training"
+GOFLOOR_DIR = REPO / "bench" / "gofloor"
+KSERVE_SCRIPT = REPO / "bench" / "peers" / "kserve_server.py"
 MODEL_NAME = "iris-classifier"
 WORKERS = 2
 N_ESTIMATORS, MAX_DEPTH, RUN_NAME = 300, 15, "optimized"
 START_DEADLINE_S = 180.0
+FEATURE_COLUMNS = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
 
 
 def log(message: str) -> None:
@@ -61,6 +69,17 @@ SCENARIOS = (
 
 
 @dataclass
+class Endpoint:
+    """One thing wrk loads: a path of a server with its body and the check of its answer."""
+
+    key: str
+    label: str
+    path: str
+    body: Callable[[list[list[float]]], dict]
+    check: Callable[[dict, int], str | None]  # (answer, rows) -> problem or None
+
+
+@dataclass
 class Server:
     key: str
     label: str
@@ -68,12 +87,26 @@ class Server:
     cwd: Path
     env: dict[str, str]
     ready_path: str
-    predict_path: str
-    body: Callable[[list[list[float]]], dict]
-    check: Callable[[dict, int], str | None]  # (answer, rows) -> problem or None
+    endpoints: list[Endpoint]
+    port: int = 0
     shown: str = ""
     note: str = ""
+    setup: Callable[[], None] | None = field(default=None, repr=False)  # venv, go build: once, before round 1
     proc: subprocess.Popen | None = field(default=None, repr=False)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+# The order of a round: the serving app first, then the floors, the peers, mlflow.
+SERVER_ORDER = ("serving", "floor", "gofloor", "mlserver", "kserve", "mlflow")
+ENDPOINT_KEYS = ("serving", "serving-v2", "serving-invocations", "floor", "gofloor", "mlserver", "kserve", "mlflow")
+
+
+def schedule(server_keys: list[str], rounds: int) -> list[tuple[int, str]]:
+    """Interleaved rounds: every server once per round, in the same order (A, B, C, A, B, C, ...)."""
+    return [(n, key) for n in range(1, rounds + 1) for key in server_keys]
 
 
 def free_port() -> int:
@@ -101,14 +134,17 @@ def log_tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
-def start(server: Server, logs: Path) -> None:
+def start(server: Server, logs: Path, cpus: str | None = None) -> float:
+    """Start the server (pinned to ``cpus`` with taskset when given); returns seconds from exec to the first 200."""
     log_path = logs / f"{server.key}.log"
+    argv = (["taskset", "-c", cpus] if cpus else []) + server.argv
     with open(log_path, "ab") as out:
+        t0 = time.monotonic()
         server.proc = subprocess.Popen(
-            server.argv, cwd=server.cwd, env=server.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            argv, cwd=server.cwd, env=server.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
-    base = server.env["BENCH_BASE_URL"]
-    deadline = time.monotonic() + START_DEADLINE_S
+    deadline = t0 + START_DEADLINE_S
+    ready_s = None
     streak = 0
     while streak < 10:  # consecutive answers on fresh connections: both workers are likely up
         if server.proc.poll() is not None:
@@ -116,11 +152,14 @@ def start(server: Server, logs: Path) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"not ready within {START_DEADLINE_S:.0f}s:\n{log_tail(log_path)}")
         try:
-            status, _ = http(base + server.ready_path, timeout=2)
+            status, _ = http(server.base_url + server.ready_path, timeout=2)
         except OSError:
             status = 0
+        if status == 200 and ready_s is None:
+            ready_s = time.monotonic() - t0
         streak = streak + 1 if status == 200 else 0
-        time.sleep(0.05 if status == 200 else 0.25)
+        time.sleep(0.05 if status == 200 else 0.01)
+    return ready_s or 0.0
 
 
 def stop(server: Server) -> None:
@@ -138,23 +177,38 @@ def stop(server: Server) -> None:
         proc.wait(timeout=10)
 
 
-def check_answers(server: Server, batch: list[list[float]]) -> None:
-    url = server.env["BENCH_BASE_URL"] + server.predict_path
+def check_answers(server: Server, endpoint: Endpoint, batch: list[list[float]]) -> None:
+    url = server.base_url + endpoint.path
     for rows in ([GUIDE_ROW], batch):
-        status, raw = http(url, server.body(rows))
+        status, raw = http(url, endpoint.body(rows))
         if status != 200:
             raise RuntimeError(f"POST {url} ({len(rows)} rows) answered {status}: {raw[:300]!r}")
-        problem = server.check(json.loads(raw), len(rows))
+        problem = endpoint.check(json.loads(raw), len(rows))
         if problem:
             raise RuntimeError(f"POST {url} ({len(rows)} rows): {problem}; answer {raw[:300]!r}")
 
 
+# -- bodies and checks of the protocols ----------------------------------------------------------------
 def project_body(rows: list[list[float]]) -> dict:
     return {"features": rows[0]} if len(rows) == 1 else {"instances": rows}
 
 
 def mlflow_body(rows: list[list[float]]) -> dict:
     return {"inputs": rows}
+
+
+def dataframe_split_body(rows: list[list[float]]) -> dict:
+    return {"dataframe_split": {"columns": FEATURE_COLUMNS, "data": rows}}
+
+
+def v1_body(rows: list[list[float]]) -> dict:
+    return {"instances": rows}
+
+
+def v2_body(rows: list[list[float]]) -> dict:
+    """One FP64 tensor [n, 4], data flat and row-major (the Open Inference Protocol's canonical form)."""
+    flat = [x for row in rows for x in row]
+    return {"inputs": [{"name": "input-0", "shape": [len(rows), 4], "datatype": "FP64", "data": flat}]}
 
 
 def check_project(answer: dict, rows: int) -> str | None:
@@ -167,6 +221,7 @@ def check_project(answer: dict, rows: int) -> str | None:
 
 
 def check_mlflow(answer: dict, rows: int) -> str | None:
+    """{"predictions": [class ids]}: mlflow models serve, the serving app's /invocations, KServe V1."""
     predictions = answer.get("predictions")
     if not isinstance(predictions, list) or len(predictions) != rows:
         return f"expected {rows} predictions"
@@ -175,6 +230,21 @@ def check_mlflow(answer: dict, rows: int) -> str | None:
     return None
 
 
+def check_v2(answer: dict, rows: int) -> str | None:
+    """A V2 answer whose 'predict' output (or only output) holds the class ids."""
+    outputs = answer.get("outputs") or []
+    named = [o for o in outputs if o.get("name") == "predict"] or outputs[:1]
+    if not named:
+        return "no outputs"
+    data = named[0].get("data") or []
+    if len(data) != rows:
+        return f"expected {rows} class ids in output {named[0].get('name')!r}"
+    if data[0] != 0:
+        return "the guide's row is not class 0 (setosa)"
+    return None
+
+
+# -- the machine, the versions --------------------------------------------------------------------------
 def machine() -> dict:
     cpu = "unknown CPU"
     try:
@@ -219,6 +289,44 @@ def versions() -> dict:
     return out
 
 
+def pinned_versions(requirements: Path, names: tuple[str, ...]) -> str:
+    pins = {}
+    for line in requirements.read_text().splitlines():
+        name, sep, version = line.partition("==")
+        if sep:
+            pins[name.strip().lower()] = version.strip()
+    return ", ".join(f"{n} {pins.get(n, '?')}" for n in names)
+
+
+# -- CPU pinning ----------------------------------------------------------------------------------------
+def plan_pinning(spec: str, cores: int, have_taskset: bool) -> tuple[str | None, str | None, str]:
+    """``--pin``: (servers' CPU list, wrk's CPU list, the sentence for the report).
+
+    auto: servers on CPUs 0..n-2, wrk on the last CPU (2 CPUs: servers on 0, wrk on 1); none: nothing
+    pinned; SERVERS:WRK: explicit taskset lists. Without taskset or with one CPU nothing is pinned.
+    """
+    if spec == "none":
+        return None, None, "Nothing was pinned (--pin none): servers and wrk share every CPU."
+    if not have_taskset or cores < 2:
+        why = "no taskset" if not have_taskset else "a single CPU"
+        return None, None, f"Nothing was pinned ({why}): servers and wrk share every CPU, so wrk competes with them."
+    if spec == "auto":
+        servers_cpus = "0" if cores == 2 else f"0-{cores - 2}"
+        wrk_cpu = str(cores - 1)
+    else:
+        servers_cpus, sep, wrk_cpu = spec.partition(":")
+        if not sep or not servers_cpus or not wrk_cpu:
+            raise ValueError(f"--pin must be auto, none or SERVER_CPUS:WRK_CPUS (e.g. 0:1), got {spec!r}")
+        cpu_count(servers_cpus), cpu_count(wrk_cpu)  # noqa: B018 - validates the lists
+    return (
+        servers_cpus,
+        wrk_cpu,
+        f"Servers (every process and thread of each) pinned to CPU {servers_cpus} and wrk (1 thread) to CPU "
+        f"{wrk_cpu} with taskset, so the client does not take CPU from the server it measures.",
+    )
+
+
+# -- the model ------------------------------------------------------------------------------------------
 def train_argv() -> list[str]:
     """The trainer's production command (docs/interfaces.md) with the guide's "optimized" run."""
     n, depth = str(N_ESTIMATORS), str(MAX_DEPTH)
@@ -238,81 +346,272 @@ def train(tracking_uri: str, models_dir: Path, logs: Path) -> dict:
     return pointer
 
 
-def servers(models_dir: Path, model_uri: str, tracking_uri: str, work: Path) -> list[Server]:
+# -- the servers ----------------------------------------------------------------------------------------
+def serving_argv(override: str | None, port: int) -> list[str]:
+    """``python -m app.serve``, or ``--serving-cmd``/SERVING_CMD with {host}, {port}, {workers}, {python}."""
+    if not override:
+        return [sys.executable, "-m", "app.serve"]
+    text = override.format(host="127.0.0.1", port=port, workers=WORKERS, python=sys.executable)
+    return shlex.split(text)
+
+
+def serving_server(models_dir: Path, work: Path, override: str | None = None, key: str = "serving") -> Server:
     bin_dir = str(Path(sys.executable).parent)
-    base_env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
-    ports = {key: free_port() for key in ("serving", "mlflow", "floor")}
-
-    def env(key: str, **extra: str) -> dict[str, str]:
-        return {**base_env, **extra, "BENCH_BASE_URL": f"http://127.0.0.1:{ports[key]}"}
-
-    serving_env = {
+    port = free_port()
+    env = {
+        **os.environ,
+        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
         "MODELS_DIR": str(models_dir),
         "MODEL_NAME": MODEL_NAME,
         "HOST": "127.0.0.1",
-        "PORT": str(ports["serving"]),
+        "PORT": str(port),
         "WORKERS": str(WORKERS),
-        "PROMETHEUS_MULTIPROC_DIR": str(work / "prometheus-multiproc"),
+        "PROMETHEUS_MULTIPROC_DIR": str(work / f"prometheus-multiproc-{key}"),
     }
-    mlflow_argv = ["mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local", "-w", str(WORKERS)]
+    argv = serving_argv(override, port)
+    return Server(
+        key,
+        "serving app",
+        argv,
+        SERVING_DIR,
+        env,
+        "/ready",
+        [
+            Endpoint("serving", "serving app", "/predict", project_body, check_project),
+            Endpoint("serving-v2", "serving app V2", f"/v2/models/{MODEL_NAME}/infer", v2_body, check_v2),
+            Endpoint(
+                "serving-invocations", "serving app /invocations", "/invocations", dataframe_split_body, check_mlflow
+            ),
+        ],
+        port=port,
+        shown="python -m app.serve" if not override else override,
+        note="(env as in docs/interfaces.md: WORKERS=2, MODELS_DIR=<tmp>, HOST=127.0.0.1)",
+    )
+
+
+def servers(
+    models_dir: Path,
+    version_dir: Path,
+    model_uri: str,
+    tracking_uri: str,
+    work: Path,
+    *,
+    server_cpus: str | None,
+    serving_cmd: str | None = None,
+) -> list[Server]:
+    from bench import peers
+
+    bin_dir = str(Path(sys.executable).parent)
+    base_env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    gomaxprocs = cpu_count(server_cpus) if server_cpus else (os.cpu_count() or 1)
+    venvs: dict[str, Path] = {}
+    gofloor_bin = work / "gofloor"
+
+    # MLServer: a settings.json for the server and a model-settings.json for the model (mlserver-sklearn).
+    mlserver_dir = work / "mlserver"
+    mlserver_port, mlserver_grpc, mlserver_metrics = free_port(), free_port(), free_port()
+
+    def setup_mlserver() -> None:
+        venvs["mlserver"] = peers.venv("mlserver", log)
+        (mlserver_dir / MODEL_NAME).mkdir(parents=True, exist_ok=True)
+        settings = {
+            "host": "127.0.0.1",
+            "http_port": mlserver_port,
+            "grpc_port": mlserver_grpc,
+            "metrics_port": mlserver_metrics,
+            "parallel_workers": WORKERS,
+        }
+        (mlserver_dir / "settings.json").write_text(json.dumps(settings, indent=2))
+        model_settings = {
+            "name": MODEL_NAME,
+            "implementation": "mlserver_sklearn.SKLearnModel",
+            "parameters": {"uri": str(version_dir / "model.joblib"), "version": "bench"},
+        }
+        (mlserver_dir / MODEL_NAME / "model-settings.json").write_text(json.dumps(model_settings, indent=2))
+        mlserver.argv[0] = str(venvs["mlserver"] / "bin" / "mlserver")
+
+    def setup_kserve() -> None:
+        venvs["kserve"] = peers.venv("kserve", log)
+        kserve.argv[0] = str(venvs["kserve"] / "bin" / "python")
+
+    def setup_gofloor() -> None:
+        if not shutil.which("go"):
+            raise RuntimeError("Go is not installed (https://go.dev/dl/)")
+        proc = subprocess.run(
+            ["go", "build", "-o", str(gofloor_bin), "."],
+            cwd=GOFLOOR_DIR,
+            env={**os.environ, "GOTOOLCHAIN": "local"},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"go build failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
+
+    floor_port, gofloor_port, kserve_port, mlflow_port = (free_port() for _ in range(4))
     floor_argv = ["uvicorn", "bench.floor:app", "--workers", str(WORKERS), "--no-access-log"]
+    mlflow_argv = ["mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local", "-w", str(WORKERS)]
+    mlserver = Server(
+        "mlserver",
+        "MLServer",
+        ["mlserver", "start", str(mlserver_dir)],
+        work,
+        {**os.environ},
+        "/v2/health/ready",
+        [Endpoint("mlserver", "MLServer", f"/v2/models/{MODEL_NAME}/infer", v2_body, check_v2)],
+        port=mlserver_port,
+        shown=f"mlserver start <dir> (parallel_workers: {WORKERS}, mlserver_sklearn.SKLearnModel on model.joblib)",
+        note=f"({pinned_versions(peers.PEERS['mlserver'], ('mlserver', 'mlserver-sklearn', 'uvloop'))}; "
+        "V2 body as for the serving app's V2; answers class ids)",
+        setup=setup_mlserver,
+    )
+    kserve = Server(
+        "kserve",
+        "KServe",
+        [
+            "python",
+            str(KSERVE_SCRIPT),
+            "--model_dir",
+            str(version_dir),
+            "--model_name",
+            MODEL_NAME,
+            "--http_port",
+            str(kserve_port),
+            "--grpc_port",
+            str(free_port()),
+            "--workers",
+            str(WORKERS),
+            "--enable_grpc",
+            "false",
+        ],
+        work,
+        {**os.environ},
+        f"/v1/models/{MODEL_NAME}",
+        [Endpoint("kserve", "KServe", f"/v1/models/{MODEL_NAME}:predict", v1_body, check_mlflow)],
+        port=kserve_port,
+        shown=f"python bench/peers/kserve_server.py --workers {WORKERS} --enable_grpc false",
+        note=f"(kserve {pinned_versions(peers.PEERS['kserve'], ('kserve',)).split()[-1]}: a kserve.Model loading "
+        "model.joblib and calling predict as its sklearnserver does; V1 :predict with "
+        '{"instances": [...]}, answers class ids; other settings kserve\'s defaults)',
+        setup=setup_kserve,
+    )
     return [
+        serving_server(models_dir, work, serving_cmd),
         Server(
-            "serving",
-            "serving app",
-            [sys.executable, "-m", "app.serve"],
-            SERVING_DIR,
-            env("serving", **serving_env),
-            "/ready",
-            "/predict",
-            project_body,
-            check_project,
-            shown="python -m app.serve",
-            note="(env as in docs/interfaces.md: WORKERS=2, MODELS_DIR=<tmp>, HOST=127.0.0.1)",
+            "floor",
+            "FastAPI floor",
+            [sys.executable, "-m", *floor_argv, "--host", "127.0.0.1", "--port", str(floor_port)],
+            REPO,
+            {**base_env, "PYTHONPATH": str(REPO)},
+            "/health",
+            [Endpoint("floor", "FastAPI floor", "/predict", project_body, check_project)],
+            port=floor_port,
+            shown=f"python -m {' '.join(floor_argv)}",
         ),
+        Server(
+            "gofloor",
+            "Go floor",
+            [str(gofloor_bin), "-addr", f"127.0.0.1:{gofloor_port}"],
+            work,
+            {**os.environ, "GOMAXPROCS": str(gomaxprocs)},
+            "/health",
+            [Endpoint("gofloor", "Go floor", "/predict", project_body, check_project)],
+            port=gofloor_port,
+            shown=f"GOMAXPROCS={gomaxprocs} bench/gofloor (net/http, encoding/json; go build at bench time)",
+            note="(one process; GOMAXPROCS = the servers' CPUs)",
+            setup=setup_gofloor,
+        ),
+        mlserver,
+        kserve,
         Server(
             "mlflow",
             "mlflow models serve",
-            [bin_dir + "/mlflow", *mlflow_argv[1:], "-h", "127.0.0.1", "-p", str(ports["mlflow"])],
+            [bin_dir + "/mlflow", *mlflow_argv[1:], "-h", "127.0.0.1", "-p", str(mlflow_port)],
             work,
-            env("mlflow", MLFLOW_TRACKING_URI=tracking_uri),
+            {**base_env, "MLFLOW_TRACKING_URI": tracking_uri},
             "/ping",
-            "/invocations",
-            mlflow_body,
-            check_mlflow,
+            [Endpoint("mlflow", "mlflow models serve", "/invocations", mlflow_body, check_mlflow)],
+            port=mlflow_port,
             shown=" ".join(mlflow_argv),
-        ),
-        Server(
-            "floor",
-            "HTTP floor",
-            [sys.executable, "-m", *floor_argv, "--host", "127.0.0.1", "--port", str(ports["floor"])],
-            REPO,
-            env("floor", PYTHONPATH=str(REPO)),
-            "/health",
-            "/predict",
-            project_body,
-            check_project,
-            shown=f"python -m {' '.join(floor_argv)}",
         ),
     ]
 
 
-def load_test(server: Server, batch: list[list[float]], args, work: Path, cpu: int | None, round_no: int) -> dict:
+def select(specs: list[Server], wanted: list[str]) -> list[Server]:
+    """Only the endpoints named in ``--servers`` (the serving app's /predict always), servers without any dropped."""
+    keep = set(wanted) | {"serving"}
+    out = []
+    for server in specs:
+        server.endpoints = [e for e in server.endpoints if e.key in keep]
+        if server.endpoints:
+            out.append(server)
+    return out
+
+
+# -- measuring ------------------------------------------------------------------------------------------
+def run_wrk(server: Server, argv: list[str], duration: float) -> tuple[wrk.WrkResult, str, dict]:
+    """One measured wrk run with the server's processes read before and after, its connections mid-run."""
+    pid = server.proc.pid if server.proc else 0
+    before = procs.snapshot(pid) if pid else {}
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=min(duration / 2, duration - 0.5) if duration > 1 else 0.5)
+    except subprocess.TimeoutExpired:
+        conns = procs.connections_by_pid(server.port)
+        out, err = proc.communicate()
+    else:
+        conns = {}
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited with {proc.returncode}:\n{out}\n{err}")
+    after = procs.snapshot(pid) if pid else {}
+    result = wrk.parse_output(out)
+    return result, out, procs.split(before, after, conns, result.requests, root=pid)
+
+
+def load_test(
+    server: Server, endpoint: Endpoint, batch: list[list[float]], args, work: Path, cpu: str | None, round_no: int
+) -> dict:
     results = {}
-    url = server.env["BENCH_BASE_URL"] + server.predict_path
+    url = server.base_url + endpoint.path
     for sc in SCENARIOS:
         rows = [GUIDE_ROW] if sc.rows == 1 else batch
-        script = wrk.lua_script(server.body(rows), work / f"{server.key}-{sc.key}.lua")
+        script = wrk.lua_script(endpoint.body(rows), work / f"{endpoint.key}-{sc.key}.lua")
         if args.warmup > 0:
             wrk.run(wrk.command(url, script, sc.connections, args.warmup, cpu=cpu))
-        result, raw = wrk.run(wrk.command(url, script, sc.connections, args.duration, cpu=cpu))
-        (work / f"{server.key}-{sc.key}-round{round_no}.wrk.txt").write_text(raw)
-        results[sc.key] = result.to_dict()
+        argv = wrk.command(url, script, sc.connections, args.duration, cpu=cpu)
+        result, raw, split = run_wrk(server, argv, args.duration)
+        (work / f"{endpoint.key}-{sc.key}-round{round_no}.wrk.txt").write_text(raw)
+        results[sc.key] = {**result.to_dict(), "procs": split}
         log(
-            f"{server.label:20} {sc.label:14} {result.rps:10.0f} req/s  p50 {result.p50_ms:7.2f} ms  "
-            f"p99 {result.p99_ms:7.2f} ms  errors {result.errors}"
+            f"{endpoint.label:26} {sc.label:14} {result.rps:10.0f} req/s  p50 {result.p50_ms:7.2f} ms  "
+            f"p99 {result.p99_ms:7.2f} ms  errors {result.errors}  {procs.describe_split(split)}"
         )
     return results
+
+
+def memory_of(server: Server) -> dict:
+    snap = procs.snapshot(server.proc.pid) if server.proc else {}
+    out = procs.memory(snap)
+    root = server.proc.pid if server.proc else None
+    out["workers_rss_mib"] = sum(p["rss_kib"] for pid, p in snap.items() if pid != root) / 1024
+    return out
+
+
+def cold_starts(models_dir: Path, work: Path, logs: Path, count: int, serving_cmd: str | None) -> dict:
+    """The serving app's command started ``count`` times (not pinned, nothing else running): exec -> /ready 200."""
+    runs = []
+    for i in range(1, count + 1):
+        server = serving_server(models_dir, work, serving_cmd, key="serving-cold")
+        try:
+            ready_s = start(server, logs)
+            runs.append({"ready_s": round(ready_s, 3), **memory_of(server)})
+            log(f"cold start {i}/{count}: ready in {ready_s:.2f} s, RSS {runs[-1]['rss_mib']:.0f} MiB")
+        except Exception as exc:  # noqa: BLE001 - reported, the benchmark goes on
+            log(f"cold start {i}/{count} FAILED: {exc}")
+            runs.append({"failed": str(exc).strip().splitlines()[0][:200]})
+        finally:
+            stop(server)
+    return {"command": serving_server(models_dir, work, serving_cmd).shown, "runs": runs}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -320,10 +619,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per scenario (default 10)")
     parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per scenario, discarded (default 2)")
     parser.add_argument(
-        "--rounds", type=int, default=1, help="start every server this many times in turn; medians reported (default 1)"
+        "--rounds",
+        type=int,
+        default=3,
+        help="interleaved rounds: every server started anew in each round, in turn; medians reported (default 3)",
+    )
+    parser.add_argument(
+        "--servers",
+        default=",".join(ENDPOINT_KEYS),
+        help="comma-separated endpoints to measure (the serving app's /predict always): " + ", ".join(ENDPOINT_KEYS),
+    )
+    parser.add_argument(
+        "--pin",
+        default="auto",
+        help="CPU pinning: auto (servers on CPUs 0..n-2, wrk on the last; default), none, or SERVER_CPUS:WRK_CPUS",
+    )
+    parser.add_argument(
+        "--cold-starts", type=int, default=5, help="starts of the serving app timed to /ready, RSS read (default 5)"
+    )
+    parser.add_argument(
+        "--serving-cmd",
+        default=os.environ.get("SERVING_CMD") or None,
+        help="start the serving app with this command instead of python -m app.serve (in images/serving, its env; "
+        "{host}, {port}, {workers}, {python} replaced), e.g. granian; default $SERVING_CMD",
     )
     parser.add_argument("--repeats", type=int, default=7, help="timeit rounds for inference alone (default 7)")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md", help="markdown file to update")
+    parser.add_argument("--json", type=Path, help="also write every measurement (each round) to this JSON file")
     parser.add_argument(
         "--image",
         default="auto",
@@ -339,8 +661,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--warmup must be between 0 and 60 seconds, got {args.warmup:g}")
     if not 1 <= args.rounds <= 10:
         parser.error(f"--rounds must be between 1 and 10, got {args.rounds}")
+    if not 0 <= args.cold_starts <= 50:
+        parser.error(f"--cold-starts must be between 0 and 50, got {args.cold_starts}")
     if not 1 <= args.repeats <= 100:
         parser.error(f"--repeats must be between 1 and 100, got {args.repeats}")
+    args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    unknown = sorted(set(args.servers) - set(ENDPOINT_KEYS))
+    if unknown:
+        parser.error(f"--servers: unknown {', '.join(unknown)} (allowed: {', '.join(ENDPOINT_KEYS)})")
+    try:
+        plan_pinning(args.pin, 2, True)
+    except ValueError as exc:
+        parser.error(str(exc))
     return args
 
 
@@ -359,22 +691,17 @@ def main(argv: list[str] | None = None) -> int:
         "versions": versions(),
         "scenarios": [{"key": s.key, "label": s.label} for s in SCENARIOS],
         "load": {},
+        "rounds": {},
+        "starts": {},
     }
-    cpu = None
-    if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
-        cpu = (os.cpu_count() or 1) - 1
-        pinning = (
-            f"wrk ran as 1 thread pinned to CPU {cpu} (`taskset -c {cpu}`); the servers were not pinned, so their "
-            f"{WORKERS} workers use every CPU and compete with wrk for CPU {cpu}."
-        )
-    else:
-        pinning = "wrk ran as 1 thread, not pinned (no taskset or a single CPU)."
+    server_cpus, wrk_cpu, pinning = plan_pinning(args.pin, os.cpu_count() or 1, shutil.which("taskset") is not None)
     failed = False
     keep = args.keep
     work = Path(tempfile.mkdtemp(prefix="ops-demo-bench-"))
     logs = work / "logs"
     logs.mkdir()
     log(f"work directory {work}")
+    log(pinning)
 
     sys.path.insert(0, str(TRAINING_DIR / "tests"))
     from trainer_testlib import running_mlflow_server  # the documented `mlflow server` command on loopback
@@ -405,29 +732,86 @@ def main(argv: list[str] | None = None) -> int:
                     f"  {key:8} 1 row {row['us_per_call']:9.1f} us   100 rows {hundred['us_per_call']:9.1f} us"
                     f" ({hundred['us_per_row']:.2f} us/row)"
                 )
+            del sklearn_model, serving_model
+
+            if args.cold_starts:
+                log(f"cold starts of the serving app ({args.cold_starts}, not pinned)")
+                results["cold_starts"] = cold_starts(models_dir, work, logs, args.cold_starts, args.serving_cmd)
 
             batch = [[round(float(x), 1) for x in row] for row in batch_rows(100)]
-            specs = servers(models_dir, model_uri, mlflow_server.uri, work)
-            rounds: dict[str, list[dict]] = {s.key: [] for s in specs}
-            for n in range(1, args.rounds + 1):
-                for server in specs:
-                    log(f"round {n}/{args.rounds}: starting {server.label}: {shlex.join(server.argv)}")
-                    try:
-                        start(server, logs)
-                        check_answers(server, batch)
-                        rounds[server.key].append(load_test(server, batch, args, work, cpu, n))
-                    except Exception as exc:  # noqa: BLE001 - one server failing must not hide the others
-                        failed = keep = True
-                        reason = str(exc).strip().splitlines()[0][:200]
-                        log(f"{server.label} FAILED: {exc}")
-                        rounds[server.key].append({s.key: {"failed": reason} for s in SCENARIOS})
-                    finally:
-                        stop(server)
+            specs = servers(
+                models_dir,
+                pointer["path"],
+                model_uri,
+                mlflow_server.uri,
+                work,
+                server_cpus=server_cpus,
+                serving_cmd=args.serving_cmd,
+            )
+            specs = select(specs, args.servers)
+            by_key = {s.key: s for s in specs}
+            endpoints = [e for s in specs for e in s.endpoints]
+            rounds: dict[str, list[dict]] = {e.key: [] for e in endpoints}
+            unusable: dict[str, str] = {}
             for server in specs:
-                results["load"][server.key] = {
-                    sc.key: report.combine_rounds([r[sc.key] for r in rounds[server.key]]) for sc in SCENARIOS
+                if server.setup is None:
+                    continue
+                try:
+                    server.setup()
+                except Exception as exc:  # noqa: BLE001 - a peer that cannot be set up must not hide the others
+                    failed = True
+                    unusable[server.key] = "setup: " + str(exc).strip().splitlines()[0][:200]
+                    log(f"{server.label} cannot run: {exc}")
+            for n, key in schedule([s.key for s in specs], args.rounds):
+                server = by_key[key]
+                if key in unusable:
+                    for e in server.endpoints:
+                        rounds[e.key].append({s.key: {"failed": unusable[key]} for s in SCENARIOS})
+                    continue
+                log(f"round {n}/{args.rounds}: starting {server.label}: {shlex.join(server.argv)}")
+                done: set[str] = set()
+                try:
+                    ready_s = start(server, logs, server_cpus)
+                    for endpoint in server.endpoints:
+                        try:  # one path answering wrongly must not hide the server's other paths
+                            check_answers(server, endpoint, batch)
+                            rounds[endpoint.key].append(load_test(server, endpoint, batch, args, work, wrk_cpu, n))
+                        except Exception as exc:  # noqa: BLE001
+                            failed = keep = True
+                            log(f"{endpoint.label} FAILED: {exc}")
+                            reason = str(exc).strip().splitlines()[0][:200]
+                            rounds[endpoint.key].append({s.key: {"failed": reason} for s in SCENARIOS})
+                        done.add(endpoint.key)
+                    memory = memory_of(server)
+                    results["starts"].setdefault(key, []).append({"ready_s": round(ready_s, 3), **memory})
+                    log(f"{server.label}: ready {ready_s:.2f} s after exec, RSS after load {memory['rss_mib']:.0f} MiB")
+                except Exception as exc:  # noqa: BLE001 - one server failing must not hide the others
+                    failed = keep = True
+                    reason = str(exc).strip().splitlines()[0][:200]
+                    log(f"{server.label} FAILED: {exc}")
+                    for e in server.endpoints:
+                        if e.key not in done:
+                            rounds[e.key].append({s.key: {"failed": reason} for s in SCENARIOS})
+                finally:
+                    stop(server)
+            for endpoint in endpoints:
+                results["load"][endpoint.key] = {
+                    sc.key: report.combine_rounds([r[sc.key] for r in rounds[endpoint.key]]) for sc in SCENARIOS
                 }
-            results["servers"] = [{"key": s.key, "label": s.label, "command": s.shown, "note": s.note} for s in specs]
+            results["rounds"] = rounds
+            results["servers"] = [
+                {
+                    "key": e.key,
+                    "label": e.label,
+                    "server": s.key,
+                    "path": e.path,
+                    "command": s.shown,
+                    "shared": e is not s.endpoints[0],  # another path of the process listed before it
+                    "note": s.note if e is s.endpoints[0] else "",
+                }
+                for s in specs
+                for e in s.endpoints
+            ]
 
             from bench.image import measure_image
 
@@ -454,10 +838,15 @@ def main(argv: list[str] | None = None) -> int:
         "warmup_s": args.warmup,
         "rounds": args.rounds,
         "pinning": pinning,
+        "server_cpus": server_cpus,
+        "wrk_cpu": wrk_cpu,
         "wrk_example": " ".join(
-            wrk.command("http://127.0.0.1:PORT/predict", Path("row.lua"), 32, args.duration, cpu=cpu)
+            wrk.command("http://127.0.0.1:PORT/predict", Path("row.lua"), 32, args.duration, cpu=wrk_cpu)
         ),
     }
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=str))
+        log(f"wrote {args.json}")
     section = report.render_section(results, plot_name=None if args.no_write else "benchmarks.png")
     print("\n" + section.replace(report.BEGIN + "\n", "").replace(report.END + "\n", ""))
     if not args.no_write:

@@ -1,0 +1,3 @@
+module opsdemo/bench/gofloor
+
+go 1.23
