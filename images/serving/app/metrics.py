@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import time
 
+import numpy as np
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -71,6 +72,7 @@ class Metrics:
         )
         self.model_loaded.set(0)
         self._children: dict[tuple, tuple] = {}
+        self._prediction_children: dict[str, object] = {}
 
     def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
         key = (endpoint, method, status)
@@ -82,10 +84,22 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
-    def count_predictions(self, class_names, counts) -> None:
-        for name, n in zip(class_names, counts, strict=True):
+    def count_predictions(self, class_names: tuple[str, ...], ids: np.ndarray) -> None:
+        """Count the predicted class ids of one request (index i is class_names[i])."""
+        if len(ids) == 1:
+            self._prediction_child(class_names[int(ids[0])]).inc()
+            return
+        for name, n in zip(class_names, np.bincount(ids, minlength=len(class_names)).tolist(), strict=True):
             if n:
-                self.predictions.labels(name).inc(int(n))
+                self._prediction_child(name).inc(n)
+
+    def _prediction_child(self, class_name: str):
+        # labels() costs a lock and a tuple per call: look each series up once. Created on first use,
+        # so a class never predicted has no series (as before).
+        child = self._prediction_children.get(class_name)
+        if child is None:
+            child = self._prediction_children[class_name] = self.predictions.labels(class_name)
+        return child
 
     def model_swapped(self, old, new) -> None:
         if old is not None:

@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import json
-import uuid
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +36,7 @@ from .inputs import (
     validation_problems,
 )
 from .model import N_FEATURES, LoadedModel, ModelHolder
+from .render import Renderer
 from .schemas import MAX_BATCH
 
 
@@ -127,6 +128,46 @@ def v2_rows(payload: Any) -> tuple[np.ndarray, _V2Request]:
     return rows, req
 
 
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
+def _request_id() -> str:
+    """A random version 4 UUID (RFC 9562) for an answer whose request named no id.
+
+    What ``str(uuid.uuid4())`` gives, at a third of its cost: 122 random bits from ``random``
+    (seeded from os.urandom in each worker process) instead of an os.urandom call per request,
+    with the version (4) and variant (10) bits set as uuid.UUID(version=4) sets them, formatted
+    8-4-4-4-12. The id only names an answer in the client's logs; it protects nothing.
+    """
+    h = f"{random.getrandbits(128) & _UUID4_CLEAR | _UUID4_SET:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def v2_answer(
+    renderer: Renderer, model_name: str, request_id: str, outputs, proba: np.ndarray, ids: np.ndarray
+) -> bytes:
+    """The V2 answer, byte for byte what ``json.dumps(answer, separators=(",", ":"))`` gives, built as text.
+
+    Assembled from its parts (json.dumps for the strings, str/repr for the numbers, as json.dumps
+    itself writes them; each row's probabilities from the model's render cache): a third of the
+    time of serialising the dict. tests/test_serving_fastpath.py compares the two.
+    """
+    parts = []
+    for name in outputs:
+        if name == "predict":
+            data = ",".join(map(str, ids.tolist()))
+            parts.append(f'{{"name":"predict","datatype":"INT64","shape":[{len(ids)}],"data":[{data}]}}')
+        else:
+            data = ",".join(renderer.values(proba))
+            shape = ",".join(map(str, proba.shape))
+            parts.append(f'{{"name":"predict_proba","datatype":"FP64","shape":[{shape}],"data":[{data}]}}')
+    return (
+        f'{{"model_name":{json.dumps(model_name)},"model_version":{renderer.version},'
+        f'"id":{json.dumps(request_id)},"parameters":{{}},"outputs":[{",".join(parts)}]}}'
+    ).encode()
+
+
 def add_v2_routes(app: FastAPI, s: Serving) -> None:
     def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
         return JSONResponse(status_code=status, content={"error": message}, headers=headers)
@@ -200,23 +241,11 @@ def add_v2_routes(app: FastAPI, s: Serving) -> None:
         if isinstance(model, Response):
             return model
         proba, ids = await s.predict(model, rows)
-        wanted = [o.name for o in req.outputs] if req.outputs else list(V2_OUTPUTS)
-        outputs = []
-        for name in wanted:
-            if name == "predict":
-                outputs.append({"name": name, "datatype": "INT64", "shape": [len(ids)], "data": ids.tolist()})
-            else:
-                outputs.append(
-                    {"name": name, "datatype": "FP64", "shape": list(proba.shape), "data": proba.ravel().tolist()}
-                )
-        answer = {
-            "model_name": s.model_name,
-            "model_version": model.version,
-            "id": req.id if req.id is not None else str(uuid.uuid4()),
-            "parameters": {},
-            "outputs": outputs,
-        }
-        return Response(json.dumps(answer, separators=(",", ":")), media_type="application/json")
+        request_id = req.id if req.id is not None else _request_id()
+        wanted = [o.name for o in req.outputs] if req.outputs else V2_OUTPUTS
+        return Response(
+            v2_answer(model.renderer, s.model_name, request_id, wanted, proba, ids), media_type="application/json"
+        )
 
     responses = {
         400: {"description": '{"error": "<field>: <reason>"}'},

@@ -1,7 +1,8 @@
 """JSON bodies of /predict answers, rendered from a per-model template (the hot path of big batches).
 
 Building one dict per row and serialising it costs ~8 us a row; filling a format string made
-once per model costs ~1 us. The output is the same JSON that json.dumps would give for
+once per model costs ~1 us (mostly ``repr`` of the floats); taking the row from a cache of rows
+already rendered costs ~0.1 us. The output is the same JSON that json.dumps would give for
 ``{"class_id", "class_name", "probabilities": {name: p, ...}}`` (tests compare them).
 """
 
@@ -10,6 +11,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
+
+CACHED_ROWS = 4096
+"""Rendered rows a Renderer keeps per form (~1 MB at most). A forest answers from a finite set of probability
+rows (the table's distinct rows), and real traffic hits far fewer, so most rows come from the cache."""
 
 
 class Renderer:
@@ -22,13 +27,25 @@ class Renderer:
         self.row_format = '{{"class_id":{},"class_name":{},"probabilities":{{' + probs + "}}}}"
         self.names = names
         self.version = json.dumps(version)
+        self._rows: dict[bytes, str] = {}
+        self._values: dict[bytes, str] = {}
 
     def rows(self, proba: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """Per row, ``{"class_id":..,"class_name":..,"probabilities":{..}}``; and the class ids."""
         if not np.isfinite(proba).all():
             raise ValueError("the model returned non-finite probabilities")
         ids = proba.argmax(axis=1)
         fmt, names = self.row_format.format, self.names
-        return [fmt(i, names[i], *p) for i, p in zip(ids.tolist(), proba.tolist(), strict=True)], ids
+
+        def render(n: int, p: list[float]) -> str:
+            i = int(ids[n])
+            return fmt(i, names[i], *p)
+
+        return _cached(self._rows, proba, render), ids
+
+    def values(self, proba: np.ndarray) -> list[str]:
+        """Per row, its probabilities as JSON numbers joined by commas (``1.0,0.0,0.0``), as json.dumps writes them."""
+        return _cached(self._values, proba, lambda n, p: ",".join(map(float.__repr__, p)))
 
     def single(self, proba: np.ndarray) -> tuple[bytes, np.ndarray]:
         rows, ids = self.rows(proba)
@@ -37,3 +54,19 @@ class Renderer:
     def batch(self, proba: np.ndarray) -> tuple[bytes, np.ndarray]:
         rows, ids = self.rows(proba)
         return ('{"predictions":[' + ",".join(rows) + '],"model_version":' + self.version + "}").encode(), ids
+
+
+def _cached(cache: dict[bytes, str], proba: np.ndarray, render) -> list[str]:
+    """``render(n, row n as floats)`` for every row of proba, rows rendered before taken from cache."""
+    proba = np.ascontiguousarray(proba, dtype=np.float64)
+    # Keyed by each row's bytes, not its floats (0.0 and -0.0 are equal floats with different
+    # JSON): viewed as one opaque (void) value per row, numpy hands out all the keys at once.
+    keys = proba.view(f"V{proba.shape[1] * 8}").ravel().tolist()
+    out = list(map(cache.get, keys))
+    if None in out:
+        for n, text in enumerate(out):
+            if text is None:
+                out[n] = text = render(n, proba[n].tolist())
+                if len(cache) < CACHED_ROWS:
+                    cache[keys[n]] = text
+    return out

@@ -1,0 +1,324 @@
+"""The fast paths answer exactly what the straightforward code answers, refusals included.
+
+Each fast path is compared with a reference: the code it replaced (json.loads, validation of the
+parsed Python objects with the same pydantic model, json.dumps of plain dicts, FastAPI's router).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import random
+import uuid
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+from serving_helpers import GUIDE_REQUEST, HEADERS, metric_value
+from starlette.routing import Match
+
+from app import main as main_module
+from app.hotpath import HotRoutes
+from app.inputs import InputError, bad, decode_json, validation_problems
+from app.main import GC_GEN0_THRESHOLD, HOT_PATHS
+from app.protocols import V2_OUTPUTS, _request_id, v2_answer
+from app.render import CACHED_ROWS, Renderer
+from app.schemas import MAX_BATCH, PredictRequest
+
+ROW = GUIDE_REQUEST["features"]
+
+
+# -- references: the code before the fast paths --------------------------------------------------------
+def reference_decode(body: bytes):
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise bad((), "not valid JSON: nested too deeply", "json_invalid") from None
+    except ValueError as exc:
+        reason = "empty body" if not body.strip() else f"not valid JSON: {exc}"
+        raise bad((), reason, "json_invalid") from None
+
+
+def reference_predict_errors(body: bytes) -> list[dict] | None:
+    """/predict's 422 details as they were (None: the body is accepted)."""
+    try:
+        payload = reference_decode(body)
+    except InputError as exc:
+        return exc.errors
+    try:
+        PredictRequest.model_validate(payload)
+    except ValidationError as exc:
+        return validation_problems(exc)
+    except RecursionError:
+        return [{"field": "body", "loc": ["body"], "msg": "nested too deeply", "type": "value_error"}]
+    return None
+
+
+def outcome(fn, body: bytes):
+    try:
+        return "ok", fn(body)
+    except InputError as exc:
+        return "refused", exc.errors
+
+
+# Bodies: malformed, hostile, wrong types, extra fields, NaN/Infinity, sizes, and valid oddities.
+BODIES = {
+    "guide": json.dumps(GUIDE_REQUEST),
+    "ints": '{"features": [5, 3, 1, 0]}',
+    "negative-zero": '{"features": [-0.0, 3.5, 1.4, 0.2]}',
+    "exponents": '{"features": [5.1e0, 35e-1, 0.14E1, 2e-1]}',
+    "big-int": '{"features": [18446744073709551616, 1, 1, 1]}',
+    "int-401-digits": '{"features": [' + "9" * 401 + ", 1, 1, 1]}",
+    "int-5000-digits": '{"features": [' + "9" * 5000 + ", 1, 1, 1]}",
+    "duplicate-key": '{"features": [1, 1, 1, 1], "features": [5.1, 3.5, 1.4, 0.2]}',
+    "utf8-bom": "\ufeff" + json.dumps(GUIDE_REQUEST),
+    "utf16": json.dumps(GUIDE_REQUEST).encode("utf-16").decode("latin-1"),
+    "batch": json.dumps({"instances": [ROW, [6.7, 3.0, 5.2, 2.3]]}),
+    "max-batch": json.dumps({"instances": [ROW] * MAX_BATCH}),
+    "too-many-rows": json.dumps({"instances": [ROW] * (MAX_BATCH + 1)}),
+    "empty-batch": '{"instances": []}',
+    "NaN": '{"features": [NaN, 3.5, 1.4, 0.2]}',
+    "Infinity": '{"features": [5.1, Infinity, 1.4, 0.2]}',
+    "-Infinity": '{"instances": [[5.1, 3.5, -Infinity, 0.2]]}',
+    "overflow": '{"features": [1e999, 3.5, 1.4, 0.2]}',
+    "nan-lowercase": '{"features": [nan, 3.5, 1.4, 0.2]}',
+    "string": '{"features": [5.1, "3.5", 1.4, 0.2]}',
+    "bool": '{"features": [true, 3.5, 1.4, 0.2]}',
+    "null": '{"features": [5.1, null, 1.4, 0.2]}',
+    "null-features": '{"features": null}',
+    "object-value": '{"features": [{"a": 1}, 3.5, 1.4, 0.2]}',
+    "nested": json.dumps({"features": [ROW]}),
+    "flat-batch": json.dumps({"instances": ROW}),
+    "extra-field": json.dumps({"features": ROW, "model": "x"}),
+    "both": json.dumps({"features": ROW, "instances": [ROW]}),
+    "neither": "{}",
+    "three": json.dumps({"features": ROW[:3]}),
+    "array": json.dumps(ROW),
+    "deep-150": '{"features": ' + "[" * 150 + "]" * 150 + "}",
+    "deep-300": '{"features": ' + "[" * 300 + "]" * 300 + "}",
+    "deep-5000": '{"features": ' + "[" * 5000 + "]" * 5000 + "}",
+    "deep-objects": '{"a":' * 3000 + "1" + "}" * 3000,
+    "lone-surrogate": '{"features": ["\\ud800", 1, 1, 1]}',
+    "surrogate-key": '{"\\ud800": [5.1, 3.5, 1.4, 0.2]}',
+    "control-char": '{"features": [5.1, 3.5, 1.4, 0.2], "x": "\x01"}',
+    "trailing-comma": '{"features": [5.1, 3.5, 1.4, 0.2,]}',
+    "trailing-data": json.dumps(GUIDE_REQUEST) + " x",
+    "leading-zero": '{"features": [05.1, 3.5, 1.4, 0.2]}',
+    "plus-sign": '{"features": [+5.1, 3.5, 1.4, 0.2]}',
+    "dot-number": '{"features": [.5, 3.5, 1.4, 0.2]}',
+    "truncated": '{"features": [5.1, 3.5',
+    "empty": "",
+    "whitespace": " \n\t ",
+    "nul": "\x00",
+}
+
+
+def raw(name: str) -> bytes:
+    text = BODIES[name]
+    return text.encode("latin-1") if name == "utf16" else text.encode("utf-8", "surrogatepass")
+
+
+@pytest.mark.parametrize("name", list(BODIES))
+def test_decode_json_gives_what_json_loads_gives(name):
+    body = raw(name)
+    got, want = outcome(decode_json, body), outcome(reference_decode, body)
+    assert got[0] == want[0]
+    if got[0] == "ok":
+        assert repr(got[1]) == repr(want[1])  # repr: -0.0 and 0.0, ints and floats, nan alike
+    else:
+        assert got[1] == want[1]
+
+
+def test_decode_json_parses_numbers_as_json_loads_does():
+    rng = random.Random(11)
+    texts = []
+    for _ in range(3000):
+        x = rng.uniform(-10, 10) * 10 ** rng.randint(-30, 30)
+        texts += [repr(x), f"{x:.17g}", f"{x:.3e}", f"{rng.randint(0, 9)}.{rng.randint(0, 10**25)}"]
+    texts += ["5e-324", "2.2250738585072011e-308", "1.7976931348623157e308", "0.1", "-0", "1E+2"]
+    body = ("[" + ",".join(texts) + "]").encode()
+    assert repr(decode_json(body)) == repr(json.loads(body))
+
+
+@pytest.mark.parametrize("name", list(BODIES))
+def test_predict_answers_as_before(client, name):
+    body = raw(name)
+    want = reference_predict_errors(body)
+    resp = client.post("/predict", content=body, headers=HEADERS)
+    if want is None:
+        assert resp.status_code == 200, resp.text
+        rows = PredictRequest.model_validate(json.loads(body))
+        same = {"features": rows.features} if rows.features is not None else {"instances": rows.instances}
+        assert resp.content == client.post("/predict", json=same).content
+    else:
+        assert resp.status_code == 422, resp.text
+        assert resp.json() == {"detail": want}
+
+
+def test_batches_of_any_size_are_answered_on_the_event_loop(client, monkeypatch):
+    def no_thread(*args, **kwargs):
+        raise AssertionError("a table model's batch went to the thread pool")
+
+    monkeypatch.setattr(main_module, "run_in_threadpool", no_thread)
+    resp = client.post("/predict", json={"instances": [ROW] * MAX_BATCH})
+    assert resp.status_code == 200 and len(resp.json()["predictions"]) == MAX_BATCH
+
+
+# -- HotRoutes: the route FastAPI's router would pick -----------------------------------------------------
+PATHS = [
+    "/predict",
+    "/predict/",
+    "/predictx",
+    "/invocations",
+    "/v2/models/iris-classifier/infer",
+    "/v2/models/other/infer",
+    "/v2/models/iris-classifier/versions/1/infer",
+    "/v2/models/iris-classifier/versions/1/infer/",
+    "/v2/models//infer",
+    "/v2/models/a/b/infer",
+    "/v2/models/versions/infer",
+    "/v2/models/iris-classifier",
+    "/v2/models/iris-classifier/ready",
+    "/v2/models/iris%20classifier/infer",
+    "/docs/assets/predict",
+    "/health",
+    "/",
+]
+
+
+def fastapi_route(app, path: str, method: str = "POST"):
+    scope = {"type": "http", "method": method, "path": path, "root_path": "", "headers": []}
+    for route in app.router.routes:
+        match, _ = route.matches(scope)
+        if match == Match.FULL:
+            return route
+    return None
+
+
+def hot_route(app, path: str):
+    layer = app.middleware_stack or app.build_middleware_stack()
+    while not isinstance(layer, HotRoutes):
+        layer = layer.app
+    found = layer.find(path)
+    return found[0] if found else None
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_hot_routes_pick_what_fastapi_picks(client, path):
+    app = client.app
+    hot = hot_route(app, path)
+    routed = fastapi_route(app, path)
+    if hot is not None:
+        assert hot is routed
+    else:
+        assert routed is None or getattr(routed, "path_format", None) not in HOT_PATHS
+
+
+def test_hot_routes_are_the_prediction_posts(client):
+    app = client.app
+    for template in HOT_PATHS:
+        path = template.replace("{model_name}", "iris-classifier").replace("{model_version}", "1")
+        assert hot_route(app, path) is fastapi_route(app, path)
+        assert hot_route(app, path).path_format == template
+
+
+def test_other_methods_on_hot_paths_still_go_through_fastapi(client):
+    assert client.get("/predict").status_code == 405
+    assert client.put("/invocations", json={}).status_code == 405
+    assert client.get("/v2/models/iris-classifier/infer").status_code == 405
+
+
+def test_hot_routes_are_counted_by_route_template(client):
+    client.post("/predict", json=GUIDE_REQUEST)
+    client.post("/invocations", json={"inputs": [ROW]})
+    v2 = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": ROW}]}
+    client.post("/v2/models/iris-classifier/infer", json=v2)
+    client.post("/v2/models/iris-classifier/versions/1/infer", json=v2)
+    client.post("/v2/models/iris-classifier/versions/9/infer", json=v2)
+    text = client.get("/metrics").text
+    assert metric_value(text, "serving_http_requests_total", endpoint="/predict", method="POST", status="200") == 1
+    assert metric_value(text, "serving_http_requests_total", endpoint="/invocations", status="200") == 1
+    infer = "/v2/models/{model_name}/infer"
+    versioned = "/v2/models/{model_name}/versions/{model_version}/infer"
+    assert metric_value(text, "serving_http_requests_total", endpoint=infer, status="200") == 1
+    assert metric_value(text, "serving_http_requests_total", endpoint=versioned, status="200") == 1
+    assert metric_value(text, "serving_http_requests_total", endpoint=versioned, status="404") == 1
+
+
+# -- rendering ---------------------------------------------------------------------------------------
+def plain_rows(names, proba):
+    return [
+        {"class_id": int(i), "class_name": names[i], "probabilities": dict(zip(names, map(float, p), strict=True))}
+        for i, p in zip(proba.argmax(axis=1), proba, strict=True)
+    ]
+
+
+def test_rows_from_the_cache_are_the_rows_rendered_afresh():
+    names = ("setosa", "versicolor", "virginica")
+    rng = np.random.default_rng(3)
+    proba = rng.dirichlet(np.ones(3), size=200)
+    proba[:50] = proba[50:100]  # repeated rows: served from the cache
+    proba[7] = [0.0, 1.0, 0.0]
+    proba[8] = [-0.0, 1.0, 0.0]  # equal to row 7 as floats, not as JSON
+    r = Renderer(names, "3")
+    first, _ = r.batch(proba)
+    again, _ = r.batch(proba)
+    assert first == again
+    assert json.loads(first) == {"predictions": plain_rows(names, proba), "model_version": "3"}
+    rows = json.loads(first)["predictions"]
+    assert json.dumps(rows[8]["probabilities"]).count("-0.0") == 1
+    assert json.dumps(rows[7]["probabilities"]).count("-0.0") == 0
+    assert json.dumps(rows[7]["probabilities"]) == json.dumps(plain_rows(names, proba[7:8])[0]["probabilities"])
+
+
+def test_the_render_cache_is_bounded():
+    r = Renderer(("a", "b"), "1")
+    proba = np.random.default_rng(5).random((CACHED_ROWS + 500, 2))
+    body, _ = r.batch(proba)
+    assert len(r._rows) == CACHED_ROWS
+    assert json.loads(body)["predictions"] == plain_rows(("a", "b"), proba)
+    assert r.values(proba) == [",".join(map(repr, p)) for p in proba.tolist()]
+    assert len(r._values) == CACHED_ROWS
+
+
+@pytest.mark.parametrize("outputs", [V2_OUTPUTS, ("predict",), ("predict_proba",), ("predict_proba", "predict")])
+@pytest.mark.parametrize("request_id", ["42", 'ïd "quoted" \\ \n', _request_id()])
+def test_v2_answer_is_json_dumps_of_the_answer(outputs, request_id):
+    rng = np.random.default_rng(9)
+    proba = rng.dirichlet(np.ones(3), size=17)
+    proba[0] = [1.0, 0.0, 0.0]
+    proba[1] = [1e-300, 5e-324, 1.0]
+    proba[2] = [-0.0, 0.0, 1.0]
+    proba[3] = [0.0, 0.0, 1.0]
+    proba[4:8] = proba[8:12]  # repeated rows: from the cache
+    ids = proba.argmax(axis=1)
+    answer = {
+        "model_name": "iris-classifier",
+        "model_version": "7",
+        "id": request_id,
+        "parameters": {},
+        "outputs": [
+            {"name": "predict", "datatype": "INT64", "shape": [len(ids)], "data": ids.tolist()}
+            if name == "predict"
+            else {"name": name, "datatype": "FP64", "shape": list(proba.shape), "data": proba.ravel().tolist()}
+            for name in outputs
+        ],
+    }
+    want = json.dumps(answer, separators=(",", ":")).encode()
+    renderer = Renderer(("setosa", "versicolor", "virginica"), "7")
+    for _ in range(2):  # rendered, then from the cache
+        assert v2_answer(renderer, "iris-classifier", request_id, outputs, proba, ids) == want
+
+
+def test_generated_request_ids_are_distinct_uuid4s():
+    ids = {_request_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    for i in ids:
+        parsed = uuid.UUID(i)
+        assert str(parsed) == i and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+# -- garbage collector -------------------------------------------------------------------------------
+def test_startup_freezes_the_loaded_objects(client):
+    assert gc.get_freeze_count() > 10_000
+    assert gc.get_threshold()[0] == GC_GEN0_THRESHOLD
