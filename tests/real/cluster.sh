@@ -768,8 +768,11 @@ cmd_servicelb() {
   local lbip="$NODE_IP" ns name type class ips
   log "servicelb: LoadBalancer Services get ingress $lbip"
   while true; do
-    # --watch lists every Service first, then streams changes; re-listed every 5 minutes
-    timeout 300 "$KUBECTL" --kubeconfig "$KCFG" get services -A --watch \
+    # --watch lists every Service first, then streams changes; re-listed every minute, so a patch
+    # that failed is retried. The pipeline ends non-zero (timeout's 124, or kubectl while the API
+    # server is not up): "|| true", or errexit would end this loop and every later LoadBalancer
+    # Service would stay without an address
+    timeout 60 "$KUBECTL" --kubeconfig "$KCFG" get services -A --watch \
       -o 'jsonpath={.metadata.namespace}{"|"}{.metadata.name}{"|"}{.spec.type}{"|"}{.spec.loadBalancerClass}{"|"}{.status.loadBalancer.ingress[*].ip}{"\n"}' 2>/dev/null |
     while IFS='|' read -r ns name type class ips; do
       [ "$type" = LoadBalancer ] && [ -z "$class" ] || continue
@@ -777,8 +780,10 @@ cmd_servicelb() {
       if "$KUBECTL" --kubeconfig "$KCFG" -n "$ns" patch service "$name" --subresource=status --type=merge \
           -p "{\"status\":{\"loadBalancer\":{\"ingress\":[{\"ip\":\"$lbip\",\"ipMode\":\"VIP\"}]}}}" >/dev/null 2>&1; then
         log "servicelb: $ns/$name -> $lbip"
+      else
+        log "servicelb: patching $ns/$name failed; retried at the next listing"
       fi
-    done
+    done || true
     sleep 2
   done
 }
@@ -923,16 +928,16 @@ cmd_status() {
   local c pid rc=0
   for c in "${COMPONENTS[@]}"; do
     if pid=$(pid_of "$c"); then printf '  %-24s running (pid %s)\n' "$c" "$pid"
-    else printf '  %-24s not running\n' "$c"; fi
+    else printf '  %-24s not running\n' "$c"; rc=1; fi
   done
   ip -br addr show "$IF" 2>/dev/null | sed 's/^/  interface /' || echo "  interface $IF absent"
   if api_ok; then echo "  API: healthy (https://127.0.0.1:$API_PORT)"; else echo "  API: not healthy"; rc=1; fi
-  if [ $rc -eq 0 ] && node_ready; then
+  if api_ok && node_ready; then
     echo "  node $NODE_NAME: Ready (taints: $(k get node "$NODE_NAME" -o jsonpath='{.spec.taints}' 2>/dev/null || true))"
   else
     echo "  node $NODE_NAME: not Ready"; rc=1
   fi
-  [ $rc -eq 0 ] && { dns_ready && echo "  CoreDNS: ready" || echo "  CoreDNS: not ready"; }
+  if api_ok; then dns_ready && echo "  CoreDNS: ready" || echo "  CoreDNS: not ready"; fi
   return $rc
 }
 
