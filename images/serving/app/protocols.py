@@ -17,12 +17,12 @@ import json
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
 
 from .inputs import (
     BodyBudget,
@@ -125,6 +125,60 @@ def v2_rows(payload: Any) -> tuple[np.ndarray, _V2Request]:
     for i, out in enumerate(req.outputs or []):
         if out.name not in V2_OUTPUTS:
             raise bad(("outputs", i, "name"), f"unknown output {out.name!r}; this model has {', '.join(V2_OUTPUTS)}")
+    return rows, req
+
+
+class _V2FlatInput(BaseModel):
+    """The common form of the one input tensor: FP32/FP64, data flat and already finite numbers."""
+
+    model_config = ConfigDict(strict=True)
+    name: str
+    shape: list[int]
+    datatype: Literal["FP32", "FP64"]
+    parameters: dict | None = None
+    data: list[FiniteFloat]
+
+
+class _V2FlatRequest(BaseModel):
+    model_config = ConfigDict(strict=True)
+    id: str | None = None
+    parameters: dict | None = None
+    inputs: Annotated[list[_V2FlatInput], Field(min_length=1, max_length=1)]
+    outputs: list[_V2Output] | None = None
+
+
+def v2_rows_json(body: bytes) -> tuple[np.ndarray, _V2Request | _V2FlatRequest]:
+    """v2_rows(decode_json(body)), with the common request taken in one step; the same rows, the same refusals.
+
+    pydantic-core parses and validates the bytes of a well-formed request with one flat FP32/FP64
+    tensor at once (Rust), and numpy takes its numbers as they are: about half the time of decoding,
+    validating the generic model and validating each row. Anything that step does not accept
+    (nested data, a wrong shape or output, malformed JSON, whatever would be refused) goes through
+    v2_rows as before, which decides and words the refusal; a request both accept gives the same
+    rows (tests/test_serving_fastpath.py compares them).
+    """
+    try:
+        req = _V2FlatRequest.model_validate_json(body)
+    except ValueError:
+        return v2_rows(decode_json(body))
+    tensor = req.inputs[0]
+    shape = tensor.shape
+    data = tensor.data
+    if (
+        len(shape) != 2
+        or shape[1] != N_FEATURES
+        or not 1 <= shape[0] <= MAX_BATCH
+        or len(data) != shape[0] * N_FEATURES
+        or (req.outputs and any(o.name not in V2_OUTPUTS for o in req.outputs))
+    ):
+        return v2_rows(decode_json(body))
+    rows = np.array(data, dtype=np.float64).reshape(-1, N_FEATURES)
+    if tensor.datatype == "FP32":
+        with np.errstate(over="ignore"):
+            rows32 = rows.astype(np.float32)
+        if not np.isfinite(rows32).all():
+            return v2_rows(decode_json(body))
+        rows = rows32.astype(np.float64)
     return rows, req
 
 
@@ -234,7 +288,7 @@ def add_v2_routes(app: FastAPI, s: Serving) -> None:
     async def infer(request: Request, model_name: str, model_version: str | None = None) -> Response:
         try:
             body = await read_body(request, s.budget)
-            rows, req = v2_rows(decode_json(body))
+            rows, req = v2_rows_json(body)
         except InputError as exc:
             return error(exc.status or 400, exc.message(), _close_headers(exc))
         model = find(model_name, model_version)

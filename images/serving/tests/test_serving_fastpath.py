@@ -21,7 +21,7 @@ from app import main as main_module
 from app.hotpath import HotRoutes
 from app.inputs import InputError, bad, decode_json, validation_problems
 from app.main import GC_GEN0_THRESHOLD, HOT_PATHS
-from app.protocols import V2_OUTPUTS, _request_id, v2_answer
+from app.protocols import V2_OUTPUTS, _request_id, v2_answer, v2_rows, v2_rows_json
 from app.render import CACHED_ROWS, Renderer
 from app.schemas import MAX_BATCH, PredictRequest
 
@@ -282,8 +282,11 @@ def test_the_render_cache_is_bounded():
 
 
 @pytest.mark.parametrize("outputs", [V2_OUTPUTS, ("predict",), ("predict_proba",), ("predict_proba", "predict")])
-@pytest.mark.parametrize("request_id", ["42", 'ïd "quoted" \\ \n', _request_id()])
-def test_v2_answer_is_json_dumps_of_the_answer(outputs, request_id):
+@pytest.mark.parametrize(
+    "request_id", ["42", 'ïd "quoted" \\ \n', _request_id(), "", "a:b.c_d-e", "</script>", "tab\there", "\u2028"]
+)
+@pytest.mark.parametrize("model_name", ["iris-classifier", 'mödel "x"/1'])
+def test_v2_answer_is_json_dumps_of_the_answer(outputs, request_id, model_name):
     rng = np.random.default_rng(9)
     proba = rng.dirichlet(np.ones(3), size=17)
     proba[0] = [1.0, 0.0, 0.0]
@@ -293,7 +296,7 @@ def test_v2_answer_is_json_dumps_of_the_answer(outputs, request_id):
     proba[4:8] = proba[8:12]  # repeated rows: from the cache
     ids = proba.argmax(axis=1)
     answer = {
-        "model_name": "iris-classifier",
+        "model_name": model_name,
         "model_version": "7",
         "id": request_id,
         "parameters": {},
@@ -307,7 +310,89 @@ def test_v2_answer_is_json_dumps_of_the_answer(outputs, request_id):
     want = json.dumps(answer, separators=(",", ":")).encode()
     renderer = Renderer(("setosa", "versicolor", "virginica"), "7")
     for _ in range(2):  # rendered, then from the cache
-        assert v2_answer(renderer, "iris-classifier", request_id, outputs, proba, ids) == want
+        assert v2_answer(renderer, model_name, request_id, outputs, proba, ids) == want
+
+
+def v2_body(data, shape=(1, 4), datatype="FP64", **extra) -> str:
+    return json.dumps(
+        {"inputs": [{"name": "input-0", "shape": list(shape), "datatype": datatype, "data": data}], **extra}
+    )
+
+
+# V2 infer bodies: the flat common form and everything it must leave to the general path.
+V2_BODIES = {
+    "guide": v2_body(ROW),
+    "ints": v2_body([5, 3, 1, 0]),
+    "negative-zero": v2_body([-0.0, 3.5, 1.4, 0.2]),
+    "fp32": v2_body(ROW, datatype="FP32"),
+    "fp32-overflow": v2_body([1e39, 3.5, 1.4, 0.2], datatype="FP32"),
+    "fp32-subnormal": v2_body([1e-46, 3.5, 1.4, 0.2], datatype="FP32"),
+    "batch": v2_body(ROW * 3, shape=(3, 4)),
+    "max-batch": v2_body(ROW * MAX_BATCH, shape=(MAX_BATCH, 4)),
+    "too-many-rows": v2_body(ROW * (MAX_BATCH + 1), shape=(MAX_BATCH + 1, 4)),
+    "nested": v2_body([ROW, ROW], shape=(2, 4)),
+    "nested-wrong-count": v2_body([ROW], shape=(2, 4)),
+    "short-data": v2_body(ROW[:3]),
+    "long-data": v2_body(ROW + [1.0]),
+    "shape-3d": v2_body(ROW, shape=(1, 2, 2)),
+    "shape-cols": v2_body(ROW, shape=(2, 2)),
+    "shape-zero": v2_body([], shape=(0, 4)),
+    "shape-float": v2_body(ROW).replace("[1, 4]", "[1.0, 4]"),
+    "fp16": v2_body(ROW, datatype="FP16"),
+    "int64": v2_body([5, 3, 1, 0], datatype="INT64"),
+    "NaN": v2_body(ROW).replace("5.1", "NaN"),
+    "Infinity": v2_body(ROW).replace("3.5", "Infinity"),
+    "overflow": v2_body(ROW).replace("5.1", "1e999"),
+    "big-int": v2_body(ROW).replace("5.1", "18446744073709551616"),
+    "int-5000-digits": v2_body(ROW).replace("5.1", "9" * 5000),
+    "string": v2_body([5.1, "3.5", 1.4, 0.2]),
+    "bool": v2_body([True, 3.5, 1.4, 0.2]),
+    "null": v2_body([None, 3.5, 1.4, 0.2]),
+    "two-inputs": json.dumps({"inputs": [json.loads(v2_body(ROW))["inputs"][0]] * 2}),
+    "no-inputs": json.dumps({"inputs": []}),
+    "id-and-outputs": v2_body(ROW, id="req-1", outputs=[{"name": "predict"}]),
+    "unknown-output": v2_body(ROW, outputs=[{"name": "logits"}]),
+    "id-number": v2_body(ROW, id=7),
+    "parameters": v2_body(ROW, parameters={"content_type": "np"}),
+    "parameters-list": v2_body(ROW, parameters=[1]),
+    "extra-field": v2_body(ROW, model="x"),
+    "duplicate-key": v2_body(ROW).replace('"data":', '"data": [1, 1, 1, 1], "data":'),
+    "utf8-bom": "\ufeff" + v2_body(ROW),
+    "deep": '{"inputs": ' + "[" * 5000 + "]" * 5000 + "}",
+    "truncated": v2_body(ROW)[:-5],
+    "array": json.dumps([ROW]),
+    "empty": "",
+}
+
+
+def reference_v2(body: bytes):
+    rows, req = v2_rows(reference_decode(body))
+    return rows.tobytes(), rows.shape, req.id, [o.name for o in req.outputs or []]
+
+
+def fast_v2(body: bytes):
+    rows, req = v2_rows_json(body)
+    return rows.tobytes(), rows.shape, req.id, [o.name for o in req.outputs or []]
+
+
+@pytest.mark.parametrize("name", list(V2_BODIES))
+def test_v2_rows_json_gives_what_the_general_path_gives(name):
+    body = V2_BODIES[name].encode("utf-8")
+    got, want = outcome(fast_v2, body), outcome(reference_v2, body)
+    assert got == want  # the same rows to the bit (-0.0, FP32 rounding), id and outputs; or the same refusal
+
+
+def test_v2_flat_requests_take_the_one_step_path(monkeypatch):
+    """The common form does not fall back (else the fast path would silently stop being fast)."""
+    from app import protocols
+
+    def general(payload):
+        raise AssertionError("the flat request went through the general path")
+
+    monkeypatch.setattr(protocols, "v2_rows", general)
+    for name in ("guide", "ints", "fp32", "batch", "max-batch", "id-and-outputs", "parameters", "extra-field"):
+        rows, _ = v2_rows_json(V2_BODIES[name].encode())
+        assert rows.shape[1] == 4
 
 
 def test_generated_request_ids_are_distinct_uuid4s():
