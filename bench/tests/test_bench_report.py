@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import copy
-import re
 
 import pytest
+from bench_helpers import target_rows
 
 from bench import report
 
@@ -78,16 +78,6 @@ def results() -> dict:
         },
         "command": "npm run bench",
     }
-
-
-def target_rows(section: str) -> dict[str, tuple[str, str]]:
-    """target name -> (measured, result) from the generated targets table."""
-    rows = {}
-    for line in section.splitlines():
-        m = re.match(r"^\| (.+?) \| (.+?) \| (.+?) \| (.+?) \|$", line)
-        if m and m.group(4) in ("**met**", "**not met**", "n/a"):
-            rows[m.group(1)] = (m.group(2), m.group(4))
-    return rows
 
 
 def test_targets_are_judged_from_the_numbers(results):

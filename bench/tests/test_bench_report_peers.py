@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
+from bench_helpers import target_rows
 
 from bench import report
 
@@ -118,15 +117,6 @@ def results() -> dict:
     }
 
 
-def targets(section: str) -> dict[str, tuple[str, str]]:
-    rows = {}
-    for line in section.splitlines():
-        m = re.match(r"^\| (.+?) \| (.+?) \| (.+?) \| (.+?) \|$", line)
-        if m and m.group(4) in ("**met**", "**not met**", "n/a"):
-            rows[m.group(1)] = (m.group(2), m.group(4))
-    return rows
-
-
 def test_stats_median_range_and_spread():
     st = report.stats([3.0, 1.0, 2.5])
     assert (st["median"], st["min"], st["max"], st["n"]) == (2.5, 1.0, 3.0, 3)
@@ -168,17 +158,17 @@ def test_protocol_paths_against_predict(results):
     section = report.render_section(results, plot_name=None)
     assert "| scenario | V2 `/v2/models/<name>/infer` / `/predict` | MLflow `/invocations` (dataframe_split) / `/predict` |" in section  # fmt: skip  # noqa: E501
     assert "| 1 row, c=1 | 95% (91-98%) | 94% (80-95%) |" in section
-    rows = targets(section)
+    rows = target_rows(section)
     assert rows["V2 `/v2/models/<name>/infer` requests/s / `/predict`, lowest scenario"] == ("95% (1 row, c=1)", "**met**")  # fmt: skip  # noqa: E501
     name = "MLflow `/invocations` (dataframe_split) requests/s / `/predict`, lowest scenario"
     assert rows[name] == ("94% (1 row, c=1)", "**met**")
     results["rounds"]["serving-invocations"][0]["row-c32"]["rps"] = 100
     results["rounds"]["serving-invocations"][2]["row-c32"]["rps"] = 100
-    assert targets(report.render_section(results, plot_name=None))[name] == ("11% (1 row, c=32)", "**not met**")
+    assert target_rows(report.render_section(results, plot_name=None))[name] == ("11% (1 row, c=32)", "**not met**")
 
 
 def test_issue_targets(results):
-    rows = targets(report.render_section(results, plot_name=None))
+    rows = target_rows(report.render_section(results, plot_name=None))
     assert rows["single-row requests/s at c=32, serving / FastAPI floor"] == ("91%", "**met**")
     assert rows["100-row requests/s at c=8, serving / FastAPI floor"] == ("90%", "**met**")
     assert rows["serving start -> /ready 200 (`python -m app.serve`, model present; median)"] == ("1.50 s", "**met**")
@@ -186,11 +176,11 @@ def test_issue_targets(results):
     results["cold_starts"]["runs"] = [{"ready_s": 1.6, "rss_mib": 1}]
     results["starts"]["serving"][0]["rss_mib"] = 151
     results["starts"]["serving"][1]["rss_mib"] = 170
-    rows = targets(report.render_section(results, plot_name=None))
+    rows = target_rows(report.render_section(results, plot_name=None))
     assert rows["serving start -> /ready 200 (`python -m app.serve`, model present; median)"] == ("1.60 s", "**not met**")  # fmt: skip  # noqa: E501
     assert rows["serving RSS after load, supervisor + 2 workers (median)"] == ("160 MiB", "**not met**")
     del results["cold_starts"], results["starts"]
-    rows = targets(report.render_section(results, plot_name=None))
+    rows = target_rows(report.render_section(results, plot_name=None))
     assert rows["serving RSS after load, supervisor + 2 workers (median)"] == ("not measured", "n/a")
 
 
