@@ -91,6 +91,15 @@ class _V2Request(BaseModel):
     outputs: list[_V2Output] | None = None
 
 
+def _as_fp32(rows: np.ndarray) -> np.ndarray | None:
+    """FP64 rows rounded to FP32 values (as float64), or None when one overflows float32."""
+    with np.errstate(over="ignore"):
+        rows32 = rows.astype(np.float32)
+    if not np.isfinite(rows32).all():
+        return None
+    return rows32.astype(np.float64)
+
+
 def v2_rows(payload: Any) -> tuple[np.ndarray, _V2Request]:
     """The rows of a V2 inference request (one tensor [n, 4] of FP32 or FP64), or InputError naming the field."""
     try:
@@ -117,11 +126,9 @@ def v2_rows(payload: Any) -> tuple[np.ndarray, _V2Request]:
             raise bad((*loc, "data"), f"holds {len(data)} values, the shape {shape} needs {n * N_FEATURES}")
         rows = rows_array([data[i : i + N_FEATURES] for i in range(0, len(data), N_FEATURES)], (*loc, "data"))
     if tensor.datatype == "FP32":
-        with np.errstate(over="ignore"):
-            rows32 = rows.astype(np.float32)
-        if not np.isfinite(rows32).all():
+        rows = _as_fp32(rows)
+        if rows is None:
             raise bad((*loc, "data"), "values must be finite FP32 numbers (one overflows float32)")
-        rows = rows32.astype(np.float64)
     for i, out in enumerate(req.outputs or []):
         if out.name not in V2_OUTPUTS:
             raise bad(("outputs", i, "name"), f"unknown output {out.name!r}; this model has {', '.join(V2_OUTPUTS)}")
@@ -174,11 +181,9 @@ def v2_rows_json(body: bytes) -> tuple[np.ndarray, _V2Request | _V2FlatRequest]:
         return v2_rows(decode_json(body))
     rows = np.array(data, dtype=np.float64).reshape(-1, N_FEATURES)
     if tensor.datatype == "FP32":
-        with np.errstate(over="ignore"):
-            rows32 = rows.astype(np.float32)
-        if not np.isfinite(rows32).all():
+        rows = _as_fp32(rows)
+        if rows is None:
             return v2_rows(decode_json(body))
-        rows = rows32.astype(np.float64)
     return rows, req
 
 
