@@ -931,13 +931,14 @@ cmd_status() {
     else printf '  %-24s not running\n' "$c"; rc=1; fi
   done
   ip -br addr show "$IF" 2>/dev/null | sed 's/^/  interface /' || echo "  interface $IF absent"
-  if api_ok; then echo "  API: healthy (https://127.0.0.1:$API_PORT)"; else echo "  API: not healthy"; rc=1; fi
-  if api_ok && node_ready; then
+  local api=false
+  if api_ok; then api=true; echo "  API: healthy (https://127.0.0.1:$API_PORT)"; else echo "  API: not healthy"; rc=1; fi
+  if $api && node_ready; then
     echo "  node $NODE_NAME: Ready (taints: $(k get node "$NODE_NAME" -o jsonpath='{.spec.taints}' 2>/dev/null || true))"
   else
     echo "  node $NODE_NAME: not Ready"; rc=1
   fi
-  if api_ok; then dns_ready && echo "  CoreDNS: ready" || echo "  CoreDNS: not ready"; fi
+  if $api; then dns_ready && echo "  CoreDNS: ready" || echo "  CoreDNS: not ready"; fi
   return $rc
 }
 
