@@ -13,6 +13,7 @@ never code. Two inference paths, both giving what scikit-learn's ``predict_proba
 from __future__ import annotations
 
 import math
+import random
 import zipfile
 from bisect import bisect_left
 from collections.abc import Callable
@@ -176,17 +177,20 @@ class Forest:
 
     def _check_table_against_trees(self) -> None:
         """The table must answer like the trees: on every edge, just above it, and on seeded random rows."""
-        rng = np.random.default_rng(_CHECK_SEED)
+        # Python's generator, not numpy's: numpy.random would cost every worker ~6 MiB of memory for this alone.
+        rng = random.Random(_CHECK_SEED)
         cols = []
         for e in self.edges:
             if len(e) == 0:
-                cols.append(np.zeros(_CHECK_ROWS))
+                cols.append([0.0] * _CHECK_ROWS)
                 continue
-            candidates = np.concatenate([e, np.nextafter(e, np.float32(np.inf))]).astype(np.float64)
+            candidates = np.concatenate([e, np.nextafter(e, np.float32(np.inf))]).astype(np.float64).tolist()
             lo, hi = float(e[0]) - 1.0, float(e[-1]) + 1.0
-            picks = np.concatenate([rng.choice(candidates, _CHECK_ROWS // 2), rng.uniform(lo, hi, _CHECK_ROWS // 2)])
-            cols.append(rng.permutation(picks))
-        rows = np.stack(cols, axis=1)
+            picks = rng.choices(candidates, k=_CHECK_ROWS // 2)
+            picks += [rng.uniform(lo, hi) for _ in range(_CHECK_ROWS // 2)]
+            rng.shuffle(picks)
+            cols.append(picks)
+        rows = np.ascontiguousarray(np.array(cols, dtype=np.float64).T)
         trees = self.trees_proba(rows)
         small = np.concatenate([self._table_proba_small(rows[i : i + 1]) for i in range(0, len(rows), 16)])
         if not (
