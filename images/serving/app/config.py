@@ -39,8 +39,8 @@ class Settings(BaseSettings):
         ge=1,
         le=600,
         description=(
-            "how long uvicorn's supervisor waits for a worker's health ping before killing it; its default "
-            "of 5 s kills busy workers mid-request on a loaded node"
+            "how long the supervisor (app/supervisor.py) waits for a worker's heartbeat before killing and "
+            "replacing it; uvicorn's default of 5 s killed busy workers mid-request on a loaded node"
         ),
     )
     max_header_bytes: int = Field(

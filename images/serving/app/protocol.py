@@ -18,6 +18,12 @@ keeps httptools' speed and bounds, per connection:
   ``Retry-After`` and is closed at once, while the open ones keep being served.
 
 Idle keep-alive connections are closed by uvicorn's own ``timeout_keep_alive``.
+
+Graceful shutdown (SIGTERM, or SIGHUP's rolling restart): uvicorn closes at once every connection
+without a request in progress, including one it accepted a moment ago whose client is sending its
+first request, which then fails (seen under load during a SIGHUP restart). Here a connection whose
+next request has not fully arrived (a fresh one, or a request partly received) is served that
+request, answered with ``connection: close``; only connections idle between requests close at once.
 Timers are armed only while a request is actually incomplete after a read, so a request that
 arrives in one piece (nearly all of them) costs no timer at all.
 """
@@ -88,6 +94,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_phase = _IDLE
         self._reject: tuple[int, str] | None = None
+        self._last_request = False  # shutting down: answer the request being received, then close
 
     # -- connection ---------------------------------------------------------------------------------
     def connection_made(self, transport) -> None:  # type: ignore[override]
@@ -106,6 +113,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc) -> None:
         self._cancel_timer()
         super().connection_lost(exc)
+
+    def shutdown(self) -> None:  # type: ignore[override]
+        if self._phase == _HEADERS and (self.cycle is None or self.cycle.response_complete):
+            self._last_request = True
+            return
+        super().shutdown()
 
     def _close_with(self, status: int, message: str, extra: bytes = b"") -> None:
         """Answer status (unless a response is being written) and close the connection."""
@@ -170,6 +183,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._phase = _BODY
         self._phase_started = self.loop.time()
         super().on_headers_complete()
+        if self._last_request and self.cycle is not None:
+            self.cycle.keep_alive = False
 
     def on_message_complete(self) -> None:
         self._phase = _IDLE

@@ -1,14 +1,19 @@
-"""Production entry point: ``python -m app.serve`` runs uvicorn with WORKERS processes on PORT.
+"""Production entry point: ``python -m app.serve`` serves the app with WORKERS processes on PORT.
 
-Each worker imports app.main and holds its own model (loaded in lifespan, hot-reloaded).
-Metrics from all workers are aggregated through PROMETHEUS_MULTIPROC_DIR (default
-/tmp/prometheus-multiproc, emptied at start: /tmp is the only writable path in the container).
+It checks the settings (an invalid one: exit 2 naming the variable, the value and what is
+allowed), empties the metrics directory, binds the listening socket and then replaces itself
+(``exec``, same PID) with ``app.supervisor``, a standard-library-only process that starts the
+workers (``app.worker``: uvicorn with app.main, each with its own model holder, hot-reloaded) on
+that socket and keeps them alive. Metrics from all workers are aggregated through
+PROMETHEUS_MULTIPROC_DIR (default /tmp/prometheus-multiproc, emptied at start: /tmp is the only
+writable path in the container).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sys
 from pathlib import Path
 
@@ -27,6 +32,15 @@ def prepare_multiproc_dir() -> Path:
                 child.unlink()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket every worker shares, inherited across exec (as uvicorn binds it)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
 
 
 def log_config(level: str) -> dict:
@@ -60,23 +74,21 @@ def main() -> int:
         print(f"cannot prepare PROMETHEUS_MULTIPROC_DIR: {exc}", file=sys.stderr)
         return 2
 
-    import uvicorn
-
-    uvicorn.run(
-        "app.main:app",
-        # httptools with bounded headers, read deadlines and a connection cap (app/protocol.py)
-        http="app.protocol:LimitedHttpToolsProtocol",
-        timeout_keep_alive=settings.keep_alive_timeout_seconds,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        log_config=log_config(settings.log_level),
-        access_log=settings.access_log,
-        proxy_headers=False,
-        server_header=False,
-        timeout_graceful_shutdown=10,
-        timeout_worker_healthcheck=settings.worker_healthcheck_timeout_seconds,
-    )
+    try:
+        sock = listen(settings.host, settings.port)
+    except OSError as exc:
+        print(f"cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
+        return 1
+    flags = ["-B"] if sys.dont_write_bytecode else []
+    argv = [sys.executable, *flags, "-m", f"{__package__}.supervisor", "--fd", str(sock.fileno())]
+    argv += ["--workers", str(settings.workers)]
+    argv += ["--healthcheck-timeout", str(settings.worker_healthcheck_timeout_seconds)]
+    argv += ["--log-level", settings.log_level]
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    argv += ["--url", f"http://{host}:{settings.port}"]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)
     return 0
 
 
