@@ -15,7 +15,18 @@ from packaging.utils import canonicalize_name
 
 SERVING_DIR = Path(__file__).resolve().parents[1]
 ROOT = SERVING_DIR.parents[1]
-ROOTS = ["fastapi", "uvicorn[standard]", "pydantic-settings", "prometheus-client", "numpy", "swagger-ui-bundle-v2"]
+# uvicorn with the two of its "standard" extras the app runs on (httptools, uvloop); not watchfiles
+# (reload), websockets (no WebSocket routes) or PyYAML (YAML log configs): every worker imported them.
+ROOTS = [
+    "fastapi",
+    "uvicorn",
+    "httptools",
+    "uvloop",
+    "pydantic-settings",
+    "prometheus-client",
+    "numpy",
+    "swagger-ui-bundle-v2",
+]
 # The server reads model.npz with numpy alone: no scikit-learn, and nothing that unpickles.
 FORBIDDEN = {
     "mlflow",
