@@ -347,16 +347,19 @@ def train(tracking_uri: str, models_dir: Path, logs: Path) -> dict:
 
 
 # -- the servers ----------------------------------------------------------------------------------------
-def serving_argv(override: str | None, port: int) -> list[str]:
+def serving_argv(override: str | None, port: int, python: str) -> list[str]:
     """``python -m app.serve``, or ``--serving-cmd``/SERVING_CMD with {host}, {port}, {workers}, {python}."""
     if not override:
-        return [sys.executable, "-m", "app.serve"]
-    text = override.format(host="127.0.0.1", port=port, workers=WORKERS, python=sys.executable)
+        return [python, "-m", "app.serve"]
+    text = override.format(host="127.0.0.1", port=port, workers=WORKERS, python=python)
     return shlex.split(text)
 
 
-def serving_server(models_dir: Path, work: Path, override: str | None = None, key: str = "serving") -> Server:
-    bin_dir = str(Path(sys.executable).parent)
+def serving_server(
+    models_dir: Path, work: Path, python: str, override: str | None = None, key: str = "serving"
+) -> Server:
+    """The serving app's command, run by ``python`` (the virtualenv of the image's requirements.txt)."""
+    bin_dir = str(Path(python).parent)
     port = free_port()
     env = {
         **os.environ,
@@ -368,7 +371,7 @@ def serving_server(models_dir: Path, work: Path, override: str | None = None, ke
         "WORKERS": str(WORKERS),
         "PROMETHEUS_MULTIPROC_DIR": str(work / f"prometheus-multiproc-{key}"),
     }
-    argv = serving_argv(override, port)
+    argv = serving_argv(override, port, python)
     return Server(
         key,
         "serving app",
@@ -397,6 +400,7 @@ def servers(
     work: Path,
     *,
     server_cpus: str | None,
+    serving_python: str,
     serving_cmd: str | None = None,
 ) -> list[Server]:
     from bench import peers
@@ -496,11 +500,12 @@ def servers(
         setup=setup_kserve,
     )
     return [
-        serving_server(models_dir, work, serving_cmd),
+        serving_server(models_dir, work, serving_python, serving_cmd),
         Server(
             "floor",
             "FastAPI floor",
-            [sys.executable, "-m", *floor_argv, "--host", "127.0.0.1", "--port", str(floor_port)],
+            # in the serving app's virtualenv: the same fastapi, pydantic, uvicorn, uvloop and httptools
+            [serving_python, "-m", *floor_argv, "--host", "127.0.0.1", "--port", str(floor_port)],
             REPO,
             {**base_env, "PYTHONPATH": str(REPO)},
             "/health",
@@ -597,11 +602,11 @@ def memory_of(server: Server) -> dict:
     return out
 
 
-def cold_starts(models_dir: Path, work: Path, logs: Path, count: int, serving_cmd: str | None) -> dict:
+def cold_starts(models_dir: Path, work: Path, logs: Path, count: int, python: str, serving_cmd: str | None) -> dict:
     """The serving app's command started ``count`` times (not pinned, nothing else running): exec -> /ready 200."""
     runs = []
     for i in range(1, count + 1):
-        server = serving_server(models_dir, work, serving_cmd, key="serving-cold")
+        server = serving_server(models_dir, work, python, serving_cmd, key="serving-cold")
         try:
             ready_s = start(server, logs)
             runs.append({"ready_s": round(ready_s, 3), **memory_of(server)})
@@ -611,7 +616,7 @@ def cold_starts(models_dir: Path, work: Path, logs: Path, count: int, serving_cm
             runs.append({"failed": str(exc).strip().splitlines()[0][:200]})
         finally:
             stop(server)
-    return {"command": serving_server(models_dir, work, serving_cmd).shown, "runs": runs}
+    return {"command": serving_server(models_dir, work, python, serving_cmd).shown, "runs": runs}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -733,10 +738,16 @@ def main(argv: list[str] | None = None) -> int:
                     f" ({hundred['us_per_row']:.2f} us/row)"
                 )
             del sklearn_model, serving_model
+            from bench import peers
+
+            # The serving app (and the FastAPI floor) run in a virtualenv of exactly the image's packages.
+            serving_python = str(peers.venv("serving", log) / "bin" / "python")
 
             if args.cold_starts:
                 log(f"cold starts of the serving app ({args.cold_starts}, not pinned)")
-                results["cold_starts"] = cold_starts(models_dir, work, logs, args.cold_starts, args.serving_cmd)
+                results["cold_starts"] = cold_starts(
+                    models_dir, work, logs, args.cold_starts, serving_python, args.serving_cmd
+                )
 
             batch = [[round(float(x), 1) for x in row] for row in batch_rows(100)]
             specs = servers(
@@ -746,6 +757,7 @@ def main(argv: list[str] | None = None) -> int:
                 mlflow_server.uri,
                 work,
                 server_cpus=server_cpus,
+                serving_python=serving_python,
                 serving_cmd=args.serving_cmd,
             )
             specs = select(specs, args.servers)

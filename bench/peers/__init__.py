@@ -1,4 +1,7 @@
-"""The peer servers' virtualenvs: MLServer and KServe, each from its pinned requirements file here.
+"""The bench's virtualenvs: the peers MLServer and KServe, each from its pinned requirements file here,
+and the serving app's, from images/serving/requirements.txt installed as the image's Dockerfile does
+(``--no-deps``; that file pins every package), so the bench measures the image's packages, not the
+dev environment's.
 
 ``mlserver.txt`` and ``kserve.txt`` pin every package (``pip freeze`` of a fresh virtualenv, see
 docs/testing.md, "Benchmark"); scikit-learn is the trainer's version (images/training/requirements.txt)
@@ -20,6 +23,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PEERS = {"mlserver": HERE / "mlserver.txt", "kserve": HERE / "kserve.txt"}
+SERVING = HERE.parents[1] / "images" / "serving" / "requirements.txt"
+VENVS = {**PEERS, "serving": SERVING}
+NO_DEPS = {"serving"}
 STAMP = ".requirements.sha256"
 
 
@@ -44,8 +50,8 @@ def base_python() -> str:
 
 
 def venv(name: str, log: Callable[[str], None] = print) -> Path:
-    """The peer's virtualenv (its directory), created or updated from its requirements file when needed."""
-    requirements = PEERS[name]
+    """The named virtualenv (its directory), created or updated from its requirements file when needed."""
+    requirements = VENVS[name]
     target = cache_dir() / name
     wanted = requirements_hash(requirements)
     stamp = target / STAMP
@@ -57,7 +63,8 @@ def venv(name: str, log: Callable[[str], None] = print) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run([base_python(), "-m", "venv", str(target)], check=True)
     pip = [str(target / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
-    proc = subprocess.run([*pip, "-r", str(requirements)], capture_output=True, text=True, check=False)
+    no_deps = ["--no-deps"] if name in NO_DEPS else []
+    proc = subprocess.run([*pip, *no_deps, "-r", str(requirements)], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"pip install -r {requirements} failed:\n{(proc.stderr or proc.stdout)[-2000:]}")
     stamp.write_text(wanted + "\n")

@@ -66,9 +66,9 @@ def test_select_keeps_predict_and_drops_empty_servers(tmp_path):
 
 
 def test_serving_command_override():
-    assert run.serving_argv(None, 8000)[1:] == ["-m", "app.serve"]
-    argv = run.serving_argv("granian --interface asgi --host {host} --port {port} --workers {workers} app.main:app", 9)
-    assert argv == ["granian", "--interface", "asgi", "--host", "127.0.0.1", "--port", "9", "--workers", "2",
+    assert run.serving_argv(None, 8000, "/venv/bin/python") == ["/venv/bin/python", "-m", "app.serve"]
+    argv = run.serving_argv("{python} -m granian --host {host} --port {port} --workers {workers} app.main:app", 9, "/p")
+    assert argv == ["/p", "-m", "granian", "--host", "127.0.0.1", "--port", "9", "--workers", "2",
                     "app.main:app"]  # fmt: skip
 
 
