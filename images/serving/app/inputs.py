@@ -90,15 +90,32 @@ class BodyBudget:
 
 
 async def read_body(request: Request, budget: BodyBudget) -> bytes:
-    """The whole body, refused (InputError) as soon as it passes a limit."""
+    """The whole body, refused (InputError) as soon as it passes a limit.
+
+    The ASGI messages are read here as ``Request.stream()`` reads them (each non-empty body part
+    in turn until one says no more follows; a disconnect is ClientDisconnect), without its async
+    generator: that costs more than the rest of reading a one-row body (~2 us a request). The
+    request's body is read once, here, and nothing reads it through the Request afterwards.
+    """
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
         raise bad((), f"body exceeds {MAX_BODY_BYTES} bytes", "body_too_large", status=413, close=True)
+    receive = request.receive
     body = bytearray()
     separators = 0
     charged = 0
+    more = True
     try:
-        async for chunk in request.stream():
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+            if message["type"] != "http.request":
+                continue
+            more = message.get("more_body", False)
+            chunk = message.get("body", b"")
+            if not chunk:
+                continue
             body += chunk
             if len(body) > MAX_BODY_BYTES:
                 raise bad((), f"body exceeds {MAX_BODY_BYTES} bytes", "body_too_large", status=413, close=True)

@@ -266,9 +266,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     async def predict_counted(model: LoadedModel, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         proba = await predict_proba(model, rows)
-        if not np.isfinite(proba).all():
-            raise ValueError("the model returned non-finite probabilities")
-        ids = proba.argmax(axis=1)
+        ids = model.renderer.class_ids(proba)  # ValueError when not finite
         metrics.count_predictions(model.class_names, ids)
         return proba, ids
 

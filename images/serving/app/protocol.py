@@ -26,6 +26,9 @@ next request has not fully arrived (a fresh one, or a request partly received) i
 request, answered with ``connection: close``; only connections idle between requests close at once.
 Timers are armed only while a request is actually incomplete after a read, so a request that
 arrives in one piece (nearly all of them) costs no timer at all.
+
+It also sends each response in one system call where uvicorn makes two (``_Corked``): the same
+bytes, in the same order, only not split between the head and the body.
 """
 
 from __future__ import annotations
@@ -75,6 +78,57 @@ def _raw_response(status: int, message: str, extra: bytes = b"") -> bytes:
     )
 
 
+class _Corked:
+    """The connection's transport as the protocol and its responses see it: writes gathered, then sent at once.
+
+    uvicorn writes a response's head (status line and headers) and its body with a ``write()``
+    each, and uvloop sends each at once: two system calls, two TCP segments and two wake-ups of
+    the client per response: ~20 us of the ~140 us of server CPU a one-row prediction took. Each write
+    is kept until the response is complete (the protocol's ``on_response_complete``), the
+    transport is closed, or the event loop's current step ends (``call_soon``: an interim
+    ``100 Continue`` or a streamed response's parts are never held while the app waits), and
+    then the parts go out together (``writelines``: one ``writev`` under uvloop, no copy).
+    The bytes and their order are unchanged; every write of the connection goes through here,
+    the protocol's own refusals included, so nothing can overtake what is held.
+    """
+
+    __slots__ = ("transport", "_loop", "_parts")
+
+    def __init__(self, transport, loop) -> None:
+        self.transport = transport
+        self._loop = loop
+        self._parts: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._parts:
+            self._loop.call_soon(self.flush)
+        self._parts.append(data)
+
+    def flush(self) -> None:
+        parts = self._parts
+        if not parts:
+            return
+        self._parts = []
+        if self.transport.is_closing():
+            # Closed under us (the client went away; our own close() flushes first): nowhere to send them,
+            # and uvicorn writes nothing to a lost connection either.
+            return
+        if len(parts) == 1:
+            self.transport.write(parts[0])
+        else:
+            self.transport.writelines(parts)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def __getattr__(self, name: str):
+        return getattr(self.transport, name)  # anything else (get_extra_info, ...): the transport itself
+
+
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
     """HttpToolsProtocol with bounded header bytes and count, read deadlines and a connection cap."""
 
@@ -99,6 +153,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     # -- connection ---------------------------------------------------------------------------------
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.transport = _Corked(transport, self.loop)  # flow control (self.flow) keeps the transport itself
         if len(self.connections) > self.max_connections:
             log.warning(
                 "refused a connection: %d open, the limit is %d", len(self.connections) - 1, self.max_connections
@@ -119,6 +174,16 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._last_request = True
             return
         super().shutdown()
+
+    def on_response_complete(self) -> None:
+        self.transport.flush()  # the whole response, in one system call
+        super().on_response_complete()
+
+    def handle_websocket_upgrade(self) -> None:
+        # The WebSocket protocol gets the transport itself (nothing is held: no response was started).
+        self.transport.flush()
+        self.transport = self.transport.transport
+        super().handle_websocket_upgrade()
 
     def _close_with(self, status: int, message: str, extra: bytes = b"") -> None:
         """Answer status (unless a response is being written) and close the connection."""

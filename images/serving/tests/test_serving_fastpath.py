@@ -22,7 +22,7 @@ from app.hotpath import HotRoutes
 from app.inputs import InputError, bad, decode_json, validation_problems
 from app.main import GC_GEN0_THRESHOLD, HOT_PATHS
 from app.protocols import V2_OUTPUTS, _request_id, v2_answer, v2_rows, v2_rows_json
-from app.render import CACHED_ROWS, Renderer
+from app.render import CACHED_ANSWERS, CACHED_ROWS, Renderer
 from app.schemas import MAX_BATCH, PredictRequest
 
 ROW = GUIDE_REQUEST["features"]
@@ -281,6 +281,19 @@ def test_the_render_cache_is_bounded():
     assert len(r._values) == CACHED_ROWS
 
 
+def test_the_one_row_answer_caches_are_bounded_and_still_answer_right():
+    r = Renderer(("a", "b"), "1")
+    rows = np.random.default_rng(6).random((CACHED_ANSWERS + 300, 2))
+    for proba in rows:
+        one = proba.reshape(1, 2)
+        body, ids = r.single(one)
+        assert json.loads(body) == {**plain_rows(("a", "b"), one)[0], "model_version": "1"}
+        assert r.class_ids(one).tolist() == ids.tolist() == [int(proba.argmax())]
+        v2 = json.loads(v2_answer(r, "m", "id", V2_OUTPUTS, one, ids))
+        assert v2["outputs"][1]["data"] == proba.tolist()
+    assert len(r._singles) == len(r._ids) == len(r.memo) == CACHED_ANSWERS
+
+
 @pytest.mark.parametrize("outputs", [V2_OUTPUTS, ("predict",), ("predict_proba",), ("predict_proba", "predict")])
 @pytest.mark.parametrize(
     "request_id", ["42", 'ïd "quoted" \\ \n', _request_id(), "", "a:b.c_d-e", "</script>", "tab\there", "\u2028"]
@@ -313,6 +326,33 @@ def test_v2_answer_is_json_dumps_of_the_answer(outputs, request_id, model_name):
         assert v2_answer(renderer, model_name, request_id, outputs, proba, ids) == want
 
 
+def test_one_row_v2_answers_from_the_memo_are_json_dumps_of_the_answer():
+    """A one-row answer's frame is reused only for the same row, class id, model name and outputs."""
+    renderer = Renderer(("setosa", "versicolor", "virginica"), "7")
+    rows = [[1.0, 0.0, 0.0], [-0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [0.25, 0.5, 0.25]]
+    for _ in range(2):
+        for row in rows:
+            proba = np.array([row])
+            ids = proba.argmax(axis=1)
+            for model_name in ("iris-classifier", 'mödel "x"/1'):
+                for outputs in (V2_OUTPUTS, ("predict",), ("predict_proba",), ["predict_proba", "predict"]):
+                    for request_id in ("42", _request_id(), 'ïd "q"'):
+                        answer = {
+                            "model_name": model_name,
+                            "model_version": "7",
+                            "id": request_id,
+                            "parameters": {},
+                            "outputs": [
+                                {"name": "predict", "datatype": "INT64", "shape": [1], "data": ids.tolist()}
+                                if name == "predict"
+                                else {"name": name, "datatype": "FP64", "shape": [1, 3], "data": list(row)}
+                                for name in outputs
+                            ],
+                        }
+                        want = json.dumps(answer, separators=(",", ":")).encode()
+                        assert v2_answer(renderer, model_name, request_id, outputs, proba, ids) == want
+
+
 def v2_body(data, shape=(1, 4), datatype="FP64", **extra) -> str:
     return json.dumps(
         {"inputs": [{"name": "input-0", "shape": list(shape), "datatype": datatype, "data": data}], **extra}
@@ -327,6 +367,11 @@ V2_BODIES = {
     "fp32": v2_body(ROW, datatype="FP32"),
     "fp32-overflow": v2_body([1e39, 3.5, 1.4, 0.2], datatype="FP32"),
     "fp32-subnormal": v2_body([1e-46, 3.5, 1.4, 0.2], datatype="FP32"),
+    # around FP32_OVERFLOW: the largest value that rounds to float32's largest, the smallest that overflows
+    "fp32-largest": v2_body([3.4028235677973362e38, -3.4028235677973362e38, 1.4, 0.2], datatype="FP32"),
+    "fp32-overflow-edge": v2_body([3.4028235677973366e38, 3.5, 1.4, 0.2], datatype="FP32"),
+    "fp32-overflow-edge-negative": v2_body([-3.4028235677973366e38, 3.5, 1.4, 0.2], datatype="FP32"),
+    "fp32-batch-checked-by-numpy": v2_body(ROW * 20 + [1e39, 3.5, 1.4, 0.2], shape=(21, 4), datatype="FP32"),
     "batch": v2_body(ROW * 3, shape=(3, 4)),
     "max-batch": v2_body(ROW * MAX_BATCH, shape=(MAX_BATCH, 4)),
     "too-many-rows": v2_body(ROW * (MAX_BATCH + 1), shape=(MAX_BATCH + 1, 4)),
@@ -407,3 +452,57 @@ def test_generated_request_ids_are_distinct_uuid4s():
 def test_startup_freezes_the_loaded_objects(client):
     assert gc.get_freeze_count() > 10_000
     assert gc.get_threshold()[0] == GC_GEN0_THRESHOLD
+
+
+def test_corked_transport_sends_what_uvicorn_wrote_in_order_in_fewer_writes():
+    """A response's head and body leave in one writev; a write the app then waits on is not held; close flushes."""
+    import asyncio
+
+    from app.protocol import _Corked
+
+    class Transport:
+        def __init__(self) -> None:
+            self.calls: list[list[bytes]] = []
+            self.closing = False
+
+        def write(self, data: bytes) -> None:
+            self.calls.append([data])
+
+        def writelines(self, parts: list[bytes]) -> None:
+            self.calls.append(list(parts))
+
+        def is_closing(self) -> bool:
+            return self.closing
+
+        def close(self) -> None:
+            self.closing = True
+
+        def get_extra_info(self, name: str, default=None):
+            return ("127.0.0.1", 8000) if name == "sockname" else default
+
+    async def scenario() -> Transport:
+        transport = Transport()
+        corked = _Corked(transport, asyncio.get_running_loop())
+        assert corked.get_extra_info("sockname") == ("127.0.0.1", 8000)
+        corked.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        await asyncio.sleep(0)  # the app waits for the body: the interim answer must be out by then
+        await asyncio.sleep(0)
+        assert transport.calls == [[b"HTTP/1.1 100 Continue\r\n\r\n"]]
+        corked.write(b"head")
+        corked.write(b"body")
+        corked.flush()  # the response is complete
+        corked.write(b"second head")
+        corked.write(b"second body")
+        corked.close()
+        corked.write(b"after close")  # nowhere to go once closed, as with uvicorn's own checks
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        return transport
+
+    transport = asyncio.run(scenario())
+    assert transport.calls == [
+        [b"HTTP/1.1 100 Continue\r\n\r\n"],
+        [b"head", b"body"],
+        [b"second head", b"second body"],
+    ]
+    assert transport.closing

@@ -37,3 +37,18 @@ def test_batch_and_single_equal_the_plain_json():
 def test_non_finite_probabilities_are_not_rendered():
     with pytest.raises(ValueError, match="non-finite"):
         Renderer(NAMES, "1").batch(np.array([[np.nan, 0.5, 0.25, 0.25]]))
+
+
+def test_class_ids_are_the_argmax_of_finite_rows_from_the_cache_when_seen():
+    r = Renderer(("a", "b", "c"), "1")
+    for _ in range(2):  # computed, then from the cache
+        for row in ([0.2, 0.5, 0.3], [-0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]):
+            ids = r.class_ids(np.array([row]))
+            assert ids.tolist() == [int(np.argmax(row))]
+    batch = np.array([[0.2, 0.5, 0.3], [0.9, 0.05, 0.05]])
+    assert r.class_ids(batch).tolist() == [1, 0]
+    for bad in ([[np.nan, 0.5, 0.5]], [[0.2, 0.5, 0.3], [np.inf, 0.0, 0.0]]):
+        with pytest.raises(ValueError, match="non-finite"):
+            r.class_ids(np.array(bad))
+    with pytest.raises(ValueError):
+        r.class_ids(np.array([[0.2, 0.5, 0.3]]))[0] = 2  # shared between answers: read-only
