@@ -573,25 +573,43 @@ def run_wrk(server: Server, argv: list[str], duration: float) -> tuple[wrk.WrkRe
     return result, out, procs.split(before, after, conns, result.requests, root=pid)
 
 
-def load_test(
-    server: Server, endpoint: Endpoint, batch: list[list[float]], args, work: Path, cpu: str | None, round_no: int
+def load_scenario(
+    server: Server,
+    endpoint: Endpoint,
+    sc: Scenario,
+    batch: list[list[float]],
+    args,
+    work: Path,
+    cpu: str | None,
+    round_no: int,
 ) -> dict:
-    results = {}
+    """One scenario on one path of a started server: wrk's result and where the CPU went."""
     url = server.base_url + endpoint.path
-    for sc in SCENARIOS:
-        rows = [GUIDE_ROW] if sc.rows == 1 else batch
-        script = wrk.lua_script(endpoint.body(rows), work / f"{endpoint.key}-{sc.key}.lua")
-        if args.warmup > 0:
-            wrk.run(wrk.command(url, script, sc.connections, args.warmup, cpu=cpu))
-        argv = wrk.command(url, script, sc.connections, args.duration, cpu=cpu)
-        result, raw, split = run_wrk(server, argv, args.duration)
-        (work / f"{endpoint.key}-{sc.key}-round{round_no}.wrk.txt").write_text(raw)
-        results[sc.key] = {**result.to_dict(), "procs": split}
-        log(
-            f"{endpoint.label:26} {sc.label:14} {result.rps:10.0f} req/s  p50 {result.p50_ms:7.2f} ms  "
-            f"p99 {result.p99_ms:7.2f} ms  errors {result.errors}  {procs.describe_split(split)}"
-        )
-    return results
+    rows = [GUIDE_ROW] if sc.rows == 1 else batch
+    script = wrk.lua_script(endpoint.body(rows), work / f"{endpoint.key}-{sc.key}.lua")
+    if args.warmup > 0:
+        wrk.run(wrk.command(url, script, sc.connections, args.warmup, cpu=cpu))
+    argv = wrk.command(url, script, sc.connections, args.duration, cpu=cpu)
+    result, raw, split = run_wrk(server, argv, args.duration)
+    (work / f"{endpoint.key}-{sc.key}-round{round_no}.wrk.txt").write_text(raw)
+    log(
+        f"{endpoint.label:26} {sc.label:14} {result.rps:10.0f} req/s  p50 {result.p50_ms:7.2f} ms  "
+        f"p99 {result.p99_ms:7.2f} ms  errors {result.errors}  {procs.describe_split(split)}"
+    )
+    return {**result.to_dict(), "procs": split}
+
+
+def endpoint_order(endpoints: list[Endpoint], round_no: int) -> list[Endpoint]:
+    """A server's paths in the order they are driven in a round: rotated by one every round.
+
+    The paths of one server (the serving app's /predict, V2 and /invocations) are compared with
+    each other, so they run scenario by scenario back to back (seconds apart, not minutes), and no
+    path is always the first after a start or the last.
+    """
+    if not endpoints:
+        return []
+    k = (round_no - 1) % len(endpoints)
+    return endpoints[k:] + endpoints[:k]
 
 
 def memory_of(server: Server) -> dict:
@@ -784,15 +802,30 @@ def main(argv: list[str] | None = None) -> int:
                 done: set[str] = set()
                 try:
                     ready_s = start(server, logs, server_cpus)
+                    usable = []
                     for endpoint in server.endpoints:
                         try:  # one path answering wrongly must not hide the server's other paths
                             check_answers(server, endpoint, batch)
-                            rounds[endpoint.key].append(load_test(server, endpoint, batch, args, work, wrk_cpu, n))
+                            usable.append(endpoint)
                         except Exception as exc:  # noqa: BLE001
                             failed = keep = True
                             log(f"{endpoint.label} FAILED: {exc}")
                             reason = str(exc).strip().splitlines()[0][:200]
                             rounds[endpoint.key].append({s.key: {"failed": reason} for s in SCENARIOS})
+                            done.add(endpoint.key)
+                    measured: dict[str, dict] = {e.key: {} for e in usable}
+                    for sc in SCENARIOS:
+                        for endpoint in endpoint_order(usable, n):
+                            try:
+                                measured[endpoint.key][sc.key] = load_scenario(
+                                    server, endpoint, sc, batch, args, work, wrk_cpu, n
+                                )
+                            except Exception as exc:  # noqa: BLE001
+                                failed = keep = True
+                                log(f"{endpoint.label} {sc.label} FAILED: {exc}")
+                                measured[endpoint.key][sc.key] = {"failed": str(exc).strip().splitlines()[0][:200]}
+                    for endpoint in usable:
+                        rounds[endpoint.key].append(measured[endpoint.key])
                         done.add(endpoint.key)
                     memory = memory_of(server)
                     results["starts"].setdefault(key, []).append({"ready_s": round(ready_s, 3), **memory})

@@ -86,3 +86,10 @@ def test_protocol_bodies_and_checks():
     assert "class 0" in run.check_v2({"outputs": [{"name": "predict", "data": [1, 2]}]}, 2)
     assert "expected 2" in run.check_v2({"outputs": [{"name": "predict", "data": [0]}]}, 2)
     assert run.check_mlflow({"predictions": [0, 2]}, 2) is None
+
+
+def test_a_servers_paths_rotate_from_round_to_round():
+    eps = [run.Endpoint(k, k, "/" + k, run.project_body, run.check_project) for k in ("a", "b", "c")]
+    orders = [[e.key for e in run.endpoint_order(eps, n)] for n in (1, 2, 3, 4)]
+    assert orders == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]
+    assert run.endpoint_order([], 1) == []

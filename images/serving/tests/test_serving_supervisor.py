@@ -157,6 +157,20 @@ def test_the_workers_stop_when_the_supervisor_is_killed(serving):
 
 
 # -- the supervisor alone, with fake workers ---------------------------------------------------------
+_started: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_supervisor_left_running():
+    """A failed test must not leave its supervisor (and so its fake workers) running."""
+    yield
+    while _started:
+        proc = _started.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 def run_supervisor(tmp_path: Path, worker_code: str, *, workers: int = 2, healthcheck: float = 5):
     """app.supervisor's Supervisor over ``python worker.py`` (worker_code), in its own process."""
     worker = tmp_path / "worker.py"
@@ -169,6 +183,7 @@ def run_supervisor(tmp_path: Path, worker_code: str, *, workers: int = 2, health
     env = {**os.environ, "PYTHONPATH": str(SERVING_DIR)}
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, env=env, stdout=out, stderr=out)
+    _started.append(proc)
     return proc, log
 
 
@@ -185,7 +200,9 @@ def test_a_worker_that_sends_no_heartbeat_is_killed_and_replaced(tmp_path):
         """
         import os, pathlib, time
         pathlib.Path(f"started-{os.getpid()}").touch()
-        time.sleep(600)
+        parent = os.getppid()
+        while os.getppid() == parent:  # until killed, or orphaned
+            time.sleep(0.2)
         """,
         workers=1,
         healthcheck=1,
