@@ -23,7 +23,9 @@ Graceful shutdown (SIGTERM, or SIGHUP's rolling restart): uvicorn closes at once
 without a request in progress, including one it accepted a moment ago whose client is sending its
 first request, which then fails (seen under load during a SIGHUP restart). Here a connection whose
 next request has not fully arrived (a fresh one, or a request partly received) is served that
-request, answered with ``connection: close``; only connections idle between requests close at once.
+request, answered with ``connection: close``; a fresh one that sends nothing within
+``SHUTDOWN_FIRST_BYTE_SECONDS`` is closed without an answer, and connections idle between
+requests close at once.
 Timers are armed only while a request is actually incomplete after a read, so a request that
 arrives in one piece (nearly all of them) costs no timer at all.
 
@@ -42,6 +44,8 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 log = logging.getLogger("app.protocol")
 
 _IDLE, _HEADERS, _BODY = 0, 1, 2
+SHUTDOWN_FIRST_BYTE_SECONDS = 1.0
+"""Shutting down, a connection without a byte of its next request yet waits this long for one, then is closed."""
 
 
 class _TooManyHeaders(Exception):
@@ -172,8 +176,15 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def shutdown(self) -> None:  # type: ignore[override]
         if self._phase == _HEADERS and (self.cycle is None or self.cycle.response_complete):
             self._last_request = True
+            if self._header_bytes == 0:  # nothing of a request yet: a moment for it, then closed quietly
+                self.loop.call_later(SHUTDOWN_FIRST_BYTE_SECONDS, self._close_if_silent)
             return
         super().shutdown()
+
+    def _close_if_silent(self) -> None:
+        if self._header_bytes == 0 and (self.cycle is None or self.cycle.response_complete):
+            self._cancel_timer()
+            self.transport.close()
 
     def on_response_complete(self) -> None:
         self.transport.flush()  # the whole response, in one system call

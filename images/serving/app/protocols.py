@@ -242,18 +242,23 @@ def v2_answer(
     return (head + _json_str(request_id) + tail).encode()
 
 
+_MEMO_OUTPUTS = {V2_OUTPUTS, V2_OUTPUTS[::-1], V2_OUTPUTS[:1], V2_OUTPUTS[1:]}
+"""The output lists whose one-row frames are memoized: a request may repeat an output name any number of
+times (thousands fit in a body), and such frames must not be kept."""
+
+
 def _v2_frame(
     renderer: Renderer, model_name: str, outputs: tuple[str, ...], proba: np.ndarray, ids: np.ndarray
 ) -> tuple[str, str]:
     """The V2 answer's text before and after its id.
 
-    A one-row answer's frame is kept in the renderer's memo (per model version, as the rows'
-    renders are), keyed by the row's bytes, its class id, the model name and the outputs: a
-    forest answers from a finite set of rows, so most one-row answers skip the assembly of their
-    outputs (~3 us) and only the id is filled in.
+    A one-row answer's frame (for the usual output lists, _MEMO_OUTPUTS) is kept in the renderer's
+    memo (per model version, as the rows' renders are), keyed by the row's bytes, its class id, the
+    model name and the outputs: a forest answers from a finite set of rows, so most one-row
+    answers skip the assembly of their outputs (~3 us) and only the id is filled in.
     """
     key = None
-    if len(proba) == 1:
+    if len(proba) == 1 and outputs in _MEMO_OUTPUTS:
         key = ("v2", np.ascontiguousarray(proba, dtype=np.float64).tobytes(), int(ids[0]), model_name, outputs)
         frame = renderer.memo.get(key)
         if frame is not None:

@@ -18,7 +18,7 @@ rows (the table's distinct rows), and real traffic hits far fewer, so most rows 
 
 CACHED_ANSWERS = 1024
 """Whole one-row answers (and their class ids, and the other protocols' answer frames) a Renderer keeps per
-kind: ~0.3 MB each at most, so that the worker's memory stays near its budget whatever rows traffic brings."""
+kind: ~0.5 MB each at most, so that the worker's memory stays near its budget whatever rows traffic brings."""
 
 
 class Renderer:

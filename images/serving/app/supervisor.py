@@ -89,6 +89,8 @@ class Worker:
             self.last_seen = time.monotonic()
             if READY in data:
                 self.ready = True
+        else:  # end of file: the worker has exited (or closed its end); never select on it again
+            self.close()
 
     def silent_for(self) -> float:
         return time.monotonic() - self.last_seen
@@ -112,6 +114,7 @@ class Supervisor:
         self.size = workers
         self.healthcheck_timeout = healthcheck_timeout
         self.slots: list[Worker | None] = [None] * workers
+        self.retiring: list[Worker] = []  # replaced by a SIGHUP restart, told to stop, not yet reaped
         self.next_start = [0.0] * workers
         self.signals: list[int] = []
         self.exit_code: int | None = None
@@ -147,24 +150,31 @@ class Supervisor:
             if w.health_fd in readable:
                 w.read_health()
 
-    def start(self, slot: int) -> Worker:
-        worker = Worker(self.worker_argv)
-        self.slots[slot] = worker
+    def start(self, slot: int) -> Worker | None:
         self.next_start[slot] = time.monotonic() + RESTART_INTERVAL_SECONDS
+        try:
+            worker = Worker(self.worker_argv)
+        except OSError as exc:  # e.g. EAGAIN at the pod's pids limit: the slot is tried again later
+            log("error", f"cannot start a worker in slot {slot}: {exc}; retrying in {RESTART_INTERVAL_SECONDS:g} s")
+            self.slots[slot] = None
+            return None
+        self.slots[slot] = worker
         log("debug", f"started worker [{worker.pid}] in slot {slot}")
         return worker
 
     def run(self, url: str) -> int:
         self.install_signals()
         log("info", f"supervisor [{os.getpid()}]: {self.size} worker(s) serving {url}")
-        for slot in range(self.size):
-            self.start(slot)
-        while self.exit_code is None:
-            self.wait(TICK_SECONDS)
-            self.handle_signals()
-            if self.exit_code is None:
-                self.check_workers()
-        self.stop_all()
+        try:
+            for slot in range(self.size):
+                self.start(slot)
+            while self.exit_code is None:
+                self.wait(TICK_SECONDS)
+                self.handle_signals()
+                if self.exit_code is None:
+                    self.check_workers()
+        finally:  # whatever happens here, no worker outlives the supervisor
+            self.stop_all()
         log("info", f"stopped supervisor [{os.getpid()}]")
         return self.exit_code
 
@@ -209,13 +219,20 @@ class Supervisor:
         """SIGTERM, then SIGKILL for whatever still runs after ``grace`` seconds; reaps them all.
 
         ``exiting``: the supervisor is stopping, and a second SIGTERM/SIGINT is passed on to the
-        workers (uvicorn stops at once on a second SIGINT). Otherwise (a SIGHUP restart retiring a
-        worker) signals stay queued for the main loop.
+        workers. Otherwise (a SIGHUP restart retiring a worker) signals stay queued for the main
+        loop, and a stop request ends the wait at once: the workers still running are left to
+        ``stop_all`` (``self.retiring``), which stops them with all the others.
         """
         for w in workers:
             w.signal(signal.SIGTERM)
         deadline = time.monotonic() + grace
         while any(w.poll() is None for w in workers) and time.monotonic() < deadline:
+            if not exiting and self.stop_requested():
+                self.retiring += [w for w in workers if w.poll() is None]
+                for w in workers:
+                    if w.poll() is not None:
+                        w.close()
+                return
             self.wait(min(0.1, deadline - time.monotonic()))
             while exiting and self.signals:
                 sig = self.signals.pop(0)
@@ -230,14 +247,19 @@ class Supervisor:
             w.close()
 
     def stop_all(self) -> None:
-        workers = [w for w in self.slots if w is not None]
+        workers = [w for w in self.slots if w is not None] + self.retiring
         self.slots = [None] * self.size
+        self.retiring = []
         self.stop_workers(workers, STOP_GRACE_SECONDS, exiting=True)
 
     def restart_all(self) -> None:
         for slot in range(self.size):
             old = self.slots[slot]
-            new = Worker(self.worker_argv)
+            try:
+                new = Worker(self.worker_argv)
+            except OSError as exc:
+                log("error", f"cannot start a worker: {exc}; keeping the old workers")
+                return
             deadline = time.monotonic() + self.healthcheck_timeout
             while not new.ready and new.poll() is None and time.monotonic() < deadline:
                 self.wait(min(0.1, deadline - time.monotonic()), extra=new)
@@ -245,7 +267,9 @@ class Supervisor:
                     self.stop_workers([new], STOP_GRACE_SECONDS)
                     return  # the main loop stops the others
             if not new.ready:
-                log("error", f"worker [{new.pid}] was not ready in time: keeping the old workers")
+                code = new.poll()
+                why = "was not ready in time" if code is None else f"exited with {code} before it was ready"
+                log("error", f"worker [{new.pid}] {why}: keeping the old workers")
                 new.signal(signal.SIGKILL)
                 new.wait()
                 new.close()

@@ -3,7 +3,8 @@
 ``--fd``: the listening socket (bound once by ``app.serve``, shared by every worker: the kernel
 hands each new connection to one of them). ``--health-fd``: a pipe to the supervisor; a thread
 writes ``r`` once the server has started and ``.`` every second (``HEARTBEAT_SECONDS``). If the
-supervisor is gone (the pipe is broken) the worker stops as on SIGTERM.
+supervisor is gone (the pipe is broken) the worker sends itself SIGTERM: uvicorn shuts down
+gracefully, and a worker still loading (no handler yet) ends at once.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import signal
 import socket
 import sys
 import threading
@@ -34,9 +36,8 @@ class Heartbeat(threading.Thread):
             ready = self.server is not None and self.server.started
             try:
                 os.write(self.fd, b"r" if ready and not told_ready else b".")
-            except OSError:  # the supervisor is gone: stop serving, as on SIGTERM
-                if self.server is not None:
-                    self.server.should_exit = True
+            except OSError:  # the supervisor is gone: stop as on SIGTERM (while loading: at once)
+                os.kill(os.getpid(), signal.SIGTERM)
                 return
             told_ready = told_ready or ready
             time.sleep(HEARTBEAT_SECONDS if told_ready else STARTING_POLL_SECONDS)

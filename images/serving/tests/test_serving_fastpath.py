@@ -506,3 +506,14 @@ def test_corked_transport_sends_what_uvicorn_wrote_in_order_in_fewer_writes():
         [b"second head", b"second body"],
     ]
     assert transport.closing
+
+
+def test_only_the_usual_output_lists_are_memoized():
+    r = Renderer(("a", "b"), "1")
+    one = np.array([[0.25, 0.75]])
+    ids = one.argmax(axis=1)
+    many = ["predict_proba"] * 1000  # repeated names are valid; such a frame must not be kept
+    assert json.loads(v2_answer(r, "m", "x", many, one, ids))["outputs"][999]["data"] == [0.25, 0.75]
+    assert r.memo == {}
+    v2_answer(r, "m", "x", V2_OUTPUTS, one, ids)
+    assert len(r.memo) == 1

@@ -171,14 +171,17 @@ def _no_supervisor_left_running():
             proc.wait(timeout=10)
 
 
-def run_supervisor(tmp_path: Path, worker_code: str, *, workers: int = 2, healthcheck: float = 5):
-    """app.supervisor's Supervisor over ``python worker.py`` (worker_code), in its own process."""
+def run_supervisor(
+    tmp_path: Path, worker_code: str, *, workers: int = 2, healthcheck: float = 5, argv: list[str] | None = None
+):
+    """app.supervisor's Supervisor over ``python worker.py`` (worker_code) or ``argv``, in its own process."""
     worker = tmp_path / "worker.py"
     worker.write_text(textwrap.dedent(worker_code))
     log = tmp_path / "supervisor.log"
+    argv = argv or [sys.executable, str(worker)]
     code = (
         "import sys; from app.supervisor import Supervisor; "
-        f"sys.exit(Supervisor([sys.executable, {str(worker)!r}], {workers}, {healthcheck}).run('test'))"
+        f"sys.exit(Supervisor({argv!r}, {workers}, {healthcheck}).run('test'))"
     )
     env = {**os.environ, "PYTHONPATH": str(SERVING_DIR)}
     with open(log, "wb") as out:
@@ -266,3 +269,66 @@ def test_sigterm_during_a_sighup_restart_still_stops_everything(tmp_path, pause)
     assert proc.wait(timeout=30) == 0, log.read_text()
     started = [int(p.name.split("-")[1]) for p in tmp_path.glob("ready-*")]
     assert not any(alive(pid) for pid in started)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_worker_dying_during_a_sighup_restart_does_not_make_the_supervisor_spin(tmp_path):
+    # workers 1 and 2 start at once; worker 2 exits when "die" appears; worker 3 (the first
+    # replacement) takes 3 s to be ready. A dead worker's pipe is at end of file: the supervisor
+    # must stop watching it, not wake up for it again and again while it waits for worker 3.
+    proc, log = run_supervisor(
+        tmp_path,
+        """
+        import os, pathlib, sys, time
+        fd = int(sys.argv[sys.argv.index("--health-fd") + 1])
+        with open("count", "a+") as f:
+            f.write("x"); f.flush(); f.seek(0); me = len(f.read())
+        if me == 3:
+            time.sleep(3)
+        pathlib.Path(f"ready-{me}").touch()
+        while True:
+            if me == 2 and pathlib.Path("die").exists():
+                sys.exit(1)
+            os.write(fd, b"r")
+            time.sleep(0.1)
+        """,
+        workers=2,
+    )
+    wait_for(lambda: (tmp_path / "ready-2").exists(), timeout=30, what="two workers")
+    proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: (tmp_path / "count").read_text() == "xxx", timeout=30, what="the first replacement")
+    (tmp_path / "die").touch()
+    before = cpu_seconds(proc.pid)
+    wait_for(lambda: (tmp_path / "ready-3").exists(), timeout=30, what="the replacement ready")
+    spent = cpu_seconds(proc.pid) - before
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0, log.read_text()
+    assert spent < 1.0, f"the supervisor used {spent:.2f} s of CPU in ~3 s of waiting"
+
+
+def test_a_worker_that_cannot_be_started_is_retried_and_sigterm_still_stops(tmp_path):
+    proc, log = run_supervisor(tmp_path, "", workers=1, argv=[str(tmp_path / "no-such-python")])
+    wait_for(lambda: log.read_text().count("cannot start a worker in slot 0") >= 2, timeout=30, what="two tries")
+    assert proc.poll() is None  # the supervisor stays up, trying again once a second
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+
+
+def test_a_fresh_silent_connection_does_not_hold_up_shutdown(serving):
+    import socket as socketlib
+
+    workers = two_workers(serving)
+    silent = socketlib.create_connection(("127.0.0.1", serving.port), timeout=30)
+    try:
+        assert serving.request("GET", "/health")[0] == 200  # the server is accepting
+        serving.proc.send_signal(signal.SIGTERM)
+        # closed quietly (no 408) once SHUTDOWN_FIRST_BYTE_SECONDS have passed, not kept for the header timeout
+        assert silent.recv(1024) == b""
+    finally:
+        silent.close()
+    assert serving.proc.wait(timeout=30) == 0
+    assert not any(alive(pid) for pid in workers)
