@@ -174,15 +174,19 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def shutdown(self) -> None:  # type: ignore[override]
-        if self._phase == _HEADERS and (self.cycle is None or self.cycle.response_complete):
+        if self._phase == _HEADERS and self._between_responses():
             self._last_request = True
             if self._header_bytes == 0:  # nothing of a request yet: a moment for it, then closed quietly
                 self.loop.call_later(SHUTDOWN_FIRST_BYTE_SECONDS, self._close_if_silent)
             return
         super().shutdown()
 
+    def _between_responses(self) -> bool:
+        """No response in progress: none started yet on this connection, or the last one complete."""
+        return self.cycle is None or self.cycle.response_complete
+
     def _close_if_silent(self) -> None:
-        if self._header_bytes == 0 and (self.cycle is None or self.cycle.response_complete):
+        if self._header_bytes == 0 and self._between_responses():
             self._cancel_timer()
             self.transport.close()
 

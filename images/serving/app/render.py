@@ -40,9 +40,7 @@ class Renderer:
 
     def rows(self, proba: np.ndarray) -> tuple[list[str], np.ndarray]:
         """Per row, ``{"class_id":..,"class_name":..,"probabilities":{..}}``; and the class ids."""
-        if not np.isfinite(proba).all():
-            raise ValueError("the model returned non-finite probabilities")
-        ids = proba.argmax(axis=1)
+        ids = _finite_class_ids(proba)
         fmt, names = self.row_format.format, self.names
 
         def render(n: int, p: list[float]) -> str:
@@ -63,9 +61,7 @@ class Renderer:
             ids = self._ids.get(key)
             if ids is not None:
                 return ids
-        if not np.isfinite(proba).all():
-            raise ValueError("the model returned non-finite probabilities")
-        ids = proba.argmax(axis=1)
+        ids = _finite_class_ids(proba)
         if key is not None and len(self._ids) < CACHED_ANSWERS:
             ids.setflags(write=False)
             self._ids[key] = ids
@@ -96,6 +92,13 @@ class Renderer:
     def batch(self, proba: np.ndarray) -> tuple[bytes, np.ndarray]:
         rows, ids = self.rows(proba)
         return ('{"predictions":[' + ",".join(rows) + '],"model_version":' + self.version + "}").encode(), ids
+
+
+def _finite_class_ids(proba: np.ndarray) -> np.ndarray:
+    """Each row's class id (argmax); ValueError if a probability is not finite."""
+    if not np.isfinite(proba).all():
+        raise ValueError("the model returned non-finite probabilities")
+    return proba.argmax(axis=1)
 
 
 def _cached(cache: dict[bytes, str], proba: np.ndarray, render) -> list[str]:

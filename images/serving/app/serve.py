@@ -79,8 +79,9 @@ def main() -> int:
     except OSError as exc:
         print(f"cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
         return 1
-    flags = ["-B"] if sys.dont_write_bytecode else []
-    argv = [sys.executable, *flags, "-m", f"{__package__}.supervisor", "--fd", str(sock.fileno())]
+    from .supervisor import python_module  # standard library only
+
+    argv = [*python_module("supervisor"), "--fd", str(sock.fileno())]
     argv += ["--workers", str(settings.workers)]
     argv += ["--healthcheck-timeout", str(settings.worker_healthcheck_timeout_seconds)]
     argv += ["--log-level", settings.log_level]

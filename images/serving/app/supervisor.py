@@ -38,6 +38,11 @@ LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 _level = LEVELS["info"]
 
 
+def python_module(module: str) -> list[str]:
+    """``python [-B] -m app.<module>``: this interpreter, keeping -B (no bytecode written) if it runs with it."""
+    return [sys.executable, *(["-B"] if sys.dont_write_bytecode else []), "-m", f"{__package__}.{module}"]
+
+
 def log(level: str, message: str) -> None:
     """One line to stderr in the workers' log format (app/serve.py, log_config), without the logging package."""
     if LEVELS[level] < _level:
@@ -289,8 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = dict(zip(args[::2], args[1::2], strict=True))
     global _level
     _level = LEVELS[opts.get("--log-level", "info")]
-    flags = ["-B"] if sys.dont_write_bytecode else []
-    worker_argv = [sys.executable, *flags, "-m", f"{__package__}.worker", "--fd", opts["--fd"]]
+    worker_argv = [*python_module("worker"), "--fd", opts["--fd"]]
     supervisor = Supervisor(worker_argv, int(opts["--workers"]), float(opts["--healthcheck-timeout"]))
     return supervisor.run(opts.get("--url", ""))
 

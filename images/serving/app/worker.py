@@ -10,6 +10,7 @@ gracefully, and a worker still loading (no handler yet) ends at once.
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import os
 import signal
@@ -57,12 +58,8 @@ def uvicorn_server() -> tuple[type, type]:
             raise ModuleNotFoundError("No module named 'uvicorn'", name="uvicorn")
         package = importlib.util.module_from_spec(spec)
         sys.modules["uvicorn"] = package
-        from uvicorn.config import Config
-
-        package.Config = Config
-        from uvicorn.server import Server
-
-        package.Server = Server
+        package.Config = importlib.import_module("uvicorn.config").Config  # before uvicorn.server needs it
+        package.Server = importlib.import_module("uvicorn.server").Server
     from uvicorn.config import Config
     from uvicorn.server import Server
 

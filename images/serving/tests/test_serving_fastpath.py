@@ -294,6 +294,23 @@ def test_the_one_row_answer_caches_are_bounded_and_still_answer_right():
     assert len(r._singles) == len(r._ids) == len(r.memo) == CACHED_ANSWERS
 
 
+def expected_v2_answer(model_name, request_id, outputs, proba, ids) -> bytes:
+    """The V2 answer as json.dumps writes it (model version "7"): what v2_answer must give byte for byte."""
+    answer = {
+        "model_name": model_name,
+        "model_version": "7",
+        "id": request_id,
+        "parameters": {},
+        "outputs": [
+            {"name": "predict", "datatype": "INT64", "shape": [len(ids)], "data": ids.tolist()}
+            if name == "predict"
+            else {"name": name, "datatype": "FP64", "shape": list(proba.shape), "data": proba.ravel().tolist()}
+            for name in outputs
+        ],
+    }
+    return json.dumps(answer, separators=(",", ":")).encode()
+
+
 @pytest.mark.parametrize("outputs", [V2_OUTPUTS, ("predict",), ("predict_proba",), ("predict_proba", "predict")])
 @pytest.mark.parametrize(
     "request_id", ["42", 'ïd "quoted" \\ \n', _request_id(), "", "a:b.c_d-e", "</script>", "tab\there", "\u2028"]
@@ -308,19 +325,7 @@ def test_v2_answer_is_json_dumps_of_the_answer(outputs, request_id, model_name):
     proba[3] = [0.0, 0.0, 1.0]
     proba[4:8] = proba[8:12]  # repeated rows: from the cache
     ids = proba.argmax(axis=1)
-    answer = {
-        "model_name": model_name,
-        "model_version": "7",
-        "id": request_id,
-        "parameters": {},
-        "outputs": [
-            {"name": "predict", "datatype": "INT64", "shape": [len(ids)], "data": ids.tolist()}
-            if name == "predict"
-            else {"name": name, "datatype": "FP64", "shape": list(proba.shape), "data": proba.ravel().tolist()}
-            for name in outputs
-        ],
-    }
-    want = json.dumps(answer, separators=(",", ":")).encode()
+    want = expected_v2_answer(model_name, request_id, outputs, proba, ids)
     renderer = Renderer(("setosa", "versicolor", "virginica"), "7")
     for _ in range(2):  # rendered, then from the cache
         assert v2_answer(renderer, model_name, request_id, outputs, proba, ids) == want
@@ -337,19 +342,7 @@ def test_one_row_v2_answers_from_the_memo_are_json_dumps_of_the_answer():
             for model_name in ("iris-classifier", 'mödel "x"/1'):
                 for outputs in (V2_OUTPUTS, ("predict",), ("predict_proba",), ["predict_proba", "predict"]):
                     for request_id in ("42", _request_id(), 'ïd "q"'):
-                        answer = {
-                            "model_name": model_name,
-                            "model_version": "7",
-                            "id": request_id,
-                            "parameters": {},
-                            "outputs": [
-                                {"name": "predict", "datatype": "INT64", "shape": [1], "data": ids.tolist()}
-                                if name == "predict"
-                                else {"name": name, "datatype": "FP64", "shape": [1, 3], "data": list(row)}
-                                for name in outputs
-                            ],
-                        }
-                        want = json.dumps(answer, separators=(",", ":")).encode()
+                        want = expected_v2_answer(model_name, request_id, outputs, proba, ids)
                         assert v2_answer(renderer, model_name, request_id, outputs, proba, ids) == want
 
 
