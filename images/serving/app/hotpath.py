@@ -35,10 +35,21 @@ class HotRoutes:
             if not all(isinstance(c, StringConvertor) for c in route.param_convertors.values()):
                 raise ValueError(f"{route.path}: only str path parameters are supported")
         self.routes = [(route.path_regex.match, route) for route in routes]
+        # A path without parameters is found by one dictionary look-up (a regular expression per route
+        # costs ~0.15 us), unless a route listed before it would also match it (first match wins).
+        self.exact: dict[str, APIRoute] = {}
+        for n, route in enumerate(routes):
+            if not route.param_convertors and not any(m(route.path) for m, _ in self.routes[:n]):
+                self.exact.setdefault(route.path, route)
+        # Any other path can only match the routes left (a route without parameters matches its own path only).
+        self.scanned = [(m, r) for m, r in self.routes if self.exact.get(r.path) is not r]
 
     def find(self, path: str) -> tuple[APIRoute, dict[str, str]] | None:
         """The route a POST to ``path`` is handed to, with its path parameters; None: FastAPI routes it."""
-        for match, route in self.routes:
+        route = self.exact.get(path)
+        if route is not None:
+            return route, {}
+        for match, route in self.scanned:
             found = match(path)
             if found is not None:
                 return route, found.groupdict()

@@ -9,10 +9,15 @@ from __future__ import annotations
 import gc
 import json
 import random
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi import FastAPI, Request, Response
+from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from serving_helpers import GUIDE_REQUEST, HEADERS, metric_value
 from starlette.routing import Match
@@ -21,7 +26,7 @@ from app import main as main_module
 from app.hotpath import HotRoutes
 from app.inputs import InputError, bad, decode_json, validation_problems
 from app.main import GC_GEN0_THRESHOLD, HOT_PATHS
-from app.protocols import V2_OUTPUTS, _request_id, v2_answer, v2_rows, v2_rows_json
+from app.protocols import V2_OUTPUTS, _request_id, mlflow_answer, v2_answer, v2_rows, v2_rows_json
 from app.render import CACHED_ANSWERS, CACHED_ROWS, Renderer
 from app.schemas import MAX_BATCH, PredictRequest
 
@@ -214,6 +219,31 @@ def test_hot_routes_pick_what_fastapi_picks(client, path):
         assert routed is None or getattr(routed, "path_format", None) not in HOT_PATHS
 
 
+def test_hot_routes_keep_fastapis_first_match_when_a_route_before_a_fixed_path_matches_it():
+    app = FastAPI()
+
+    @app.post("/items/{name}")
+    async def by_name(request: Request, name: str) -> Response:
+        return Response(name)
+
+    @app.post("/items/special")  # shadowed: FastAPI routes POST /items/special to by_name
+    async def special(request: Request) -> Response:
+        return Response("special")
+
+    @app.post("/other")
+    async def other(request: Request) -> Response:
+        return Response("other")
+
+    routes = [r for r in app.routes if isinstance(r, APIRoute)]
+    hot = HotRoutes(app.router, routes)
+    for path in ("/items/special", "/items/x", "/other", "/other/", "/items/", "/nowhere"):
+        found = hot.find(path)
+        routed = fastapi_route(app, path)
+        assert (found[0] if found else None) is routed, path
+    assert hot.find("/items/special")[1] == {"name": "special"}
+    assert set(hot.exact) == {"/other"}  # the shadowed fixed path is matched in order, not looked up
+
+
 def test_hot_routes_are_the_prediction_posts(client):
     app = client.app
     for template in HOT_PATHS:
@@ -289,8 +319,11 @@ def test_the_one_row_answer_caches_are_bounded_and_still_answer_right():
         body, ids = r.single(one)
         assert json.loads(body) == {**plain_rows(("a", "b"), one)[0], "model_version": "1"}
         assert r.class_ids(one).tolist() == ids.tolist() == [int(proba.argmax())]
-        v2 = json.loads(v2_answer(r, "m", "id", V2_OUTPUTS, one, ids))
-        assert v2["outputs"][1]["data"] == proba.tolist()
+        content, v2_ids = v2_answer(r, "m", "id", V2_OUTPUTS, one)
+        assert json.loads(content)["outputs"][1]["data"] == proba.tolist()
+        assert v2_ids.tolist() == ids.tolist()
+        content, mlflow_ids = mlflow_answer(r, one)
+        assert json.loads(content) == {"predictions": ids.tolist()} and mlflow_ids.tolist() == ids.tolist()
     assert len(r._singles) == len(r._ids) == len(r.memo) == CACHED_ANSWERS
 
 
@@ -328,11 +361,13 @@ def test_v2_answer_is_json_dumps_of_the_answer(outputs, request_id, model_name):
     want = expected_v2_answer(model_name, request_id, outputs, proba, ids)
     renderer = Renderer(("setosa", "versicolor", "virginica"), "7")
     for _ in range(2):  # rendered, then from the cache
-        assert v2_answer(renderer, model_name, request_id, outputs, proba, ids) == want
+        content, got_ids = v2_answer(renderer, model_name, request_id, outputs, proba)
+        assert content == want
+        assert got_ids.tolist() == ids.tolist()
 
 
 def test_one_row_v2_answers_from_the_memo_are_json_dumps_of_the_answer():
-    """A one-row answer's frame is reused only for the same row, class id, model name and outputs."""
+    """A one-row answer's frame (and class id) is reused only for the same row, model name and outputs."""
     renderer = Renderer(("setosa", "versicolor", "virginica"), "7")
     rows = [[1.0, 0.0, 0.0], [-0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [0.25, 0.5, 0.25]]
     for _ in range(2):
@@ -340,10 +375,28 @@ def test_one_row_v2_answers_from_the_memo_are_json_dumps_of_the_answer():
             proba = np.array([row])
             ids = proba.argmax(axis=1)
             for model_name in ("iris-classifier", 'mödel "x"/1'):
-                for outputs in (V2_OUTPUTS, ("predict",), ("predict_proba",), ["predict_proba", "predict"]):
+                for outputs in (V2_OUTPUTS, ("predict",), ("predict_proba",), ("predict_proba", "predict")):
                     for request_id in ("42", _request_id(), 'ïd "q"'):
                         want = expected_v2_answer(model_name, request_id, outputs, proba, ids)
-                        assert v2_answer(renderer, model_name, request_id, outputs, proba, ids) == want
+                        content, got_ids = v2_answer(renderer, model_name, request_id, outputs, proba)
+                        assert content == want
+                        assert got_ids.tolist() == ids.tolist()
+
+
+def test_one_row_mlflow_answers_from_the_memo_are_the_answers_built_afresh():
+    renderer = Renderer(("setosa", "versicolor", "virginica"), "7")
+    rows = [[1.0, 0.0, 0.0], [-0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [0.25, 0.5, 0.25], [0.2, 0.3, 0.5]]
+    for _ in range(2):  # built, then from the memo
+        for row in rows:
+            content, ids = mlflow_answer(renderer, np.array([row]))
+            assert json.loads(content) == {"predictions": [int(np.argmax(row))]}
+            assert ids.tolist() == [int(np.argmax(row))]
+    batch = np.array(rows)
+    content, ids = mlflow_answer(renderer, batch)
+    assert json.loads(content) == {"predictions": batch.argmax(axis=1).tolist()}
+    assert len(renderer.memo) == len(rows)  # only one-row answers are kept
+    with pytest.raises(ValueError):
+        mlflow_answer(renderer, np.array([[np.nan, 0.0, 1.0]]))
 
 
 def v2_body(data, shape=(1, 4), datatype="FP64", **extra) -> str:
@@ -404,13 +457,13 @@ V2_BODIES = {
 
 
 def reference_v2(body: bytes):
-    rows, req = v2_rows(reference_decode(body))
-    return rows.tobytes(), rows.shape, req.id, [o.name for o in req.outputs or []]
+    rows, request_id, outputs = v2_rows(reference_decode(body))
+    return rows.tobytes(), rows.shape, request_id, outputs
 
 
 def fast_v2(body: bytes):
-    rows, req = v2_rows_json(body)
-    return rows.tobytes(), rows.shape, req.id, [o.name for o in req.outputs or []]
+    rows, request_id, outputs = v2_rows_json(body)
+    return rows.tobytes(), rows.shape, request_id, outputs
 
 
 @pytest.mark.parametrize("name", list(V2_BODIES))
@@ -429,7 +482,7 @@ def test_v2_flat_requests_take_the_one_step_path(monkeypatch):
 
     monkeypatch.setattr(protocols, "v2_rows", general)
     for name in ("guide", "ints", "fp32", "batch", "max-batch", "id-and-outputs", "parameters", "extra-field"):
-        rows, _ = v2_rows_json(V2_BODIES[name].encode())
+        rows, _, _ = v2_rows_json(V2_BODIES[name].encode())
         assert rows.shape[1] == 4
 
 
@@ -439,6 +492,52 @@ def test_generated_request_ids_are_distinct_uuid4s():
     for i in ids:
         parsed = uuid.UUID(i)
         assert str(parsed) == i and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+# -- FastAPI's OpenTelemetry bridge ------------------------------------------------------------------
+TELEMETRY_PROBE = """
+import os, sys, tempfile
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+if sys.argv[1] == "app":
+    os.environ.update(MODELS_DIR=tempfile.mkdtemp(), PROMETHEUS_MULTIPROC_DIR="")
+    from app.main import create_app
+    app = create_app()
+else:  # a bare FastAPI app: its default
+    app = FastAPI()
+    app.get("/health")(lambda: {"status": "ok"})
+with TestClient(app) as client:
+    client.get("/health")
+    client.post("/predict", json={"features": [5.1, 3.5, 1.4, 0.2]})
+print(len(exporter.get_finished_spans()))
+"""
+
+
+@pytest.mark.parametrize(("which", "spans"), [("bare", True), ("app", False)])
+def test_fastapis_telemetry_is_off_even_with_a_tracer_provider_configured(which, spans):
+    """FastAPI's bridge looked up the OpenTelemetry providers on every request (~3 us); the app turns it off.
+
+    A separate interpreter: the global tracer provider can be set once per process. A bare FastAPI
+    app traces the same requests (the probe sees spans when the bridge is on).
+    """
+    out = subprocess.run(
+        [sys.executable, "-c", TELEMETRY_PROBE, which],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert (int(out.stdout.split()[-1]) > 0) is spans
 
 
 # -- garbage collector -------------------------------------------------------------------------------
@@ -504,9 +603,8 @@ def test_corked_transport_sends_what_uvicorn_wrote_in_order_in_fewer_writes():
 def test_only_the_usual_output_lists_are_memoized():
     r = Renderer(("a", "b"), "1")
     one = np.array([[0.25, 0.75]])
-    ids = one.argmax(axis=1)
-    many = ["predict_proba"] * 1000  # repeated names are valid; such a frame must not be kept
-    assert json.loads(v2_answer(r, "m", "x", many, one, ids))["outputs"][999]["data"] == [0.25, 0.75]
+    many = ("predict_proba",) * 1000  # repeated names are valid; such a frame must not be kept
+    assert json.loads(v2_answer(r, "m", "x", many, one)[0])["outputs"][999]["data"] == [0.25, 0.75]
     assert r.memo == {}
-    v2_answer(r, "m", "x", V2_OUTPUTS, one, ids)
+    v2_answer(r, "m", "x", V2_OUTPUTS, one)
     assert len(r.memo) == 1
