@@ -131,6 +131,19 @@ def ratio_stats(results: dict, scenario: str, num: str, den: str) -> dict | None
     return stats(round_ratios(results, scenario, num, den))
 
 
+def protocol_ratios(results: dict, scenario: str, key: str) -> list[float]:
+    """A protocol path's requests/s over /predict's: per cycle of the parity runs when the run made them
+    (bench/run.py, parity_cycles), else per round of the load runs."""
+    cycles = ((results.get("parity") or {}).get("ratios") or {}).get(scenario, {}).get(key)
+    if cycles:
+        return list(cycles)
+    return round_ratios(results, scenario, key, "serving")
+
+
+def protocol_stats(results: dict, scenario: str, key: str) -> dict | None:
+    return stats(protocol_ratios(results, scenario, key))
+
+
 def _fmt_ratio(st: dict | None, kind: str, *, with_range: bool = True) -> str:
     if st is None:
         return "n/a"
@@ -237,7 +250,7 @@ def targets(results: dict) -> list[dict]:
     for key, label in PROTOCOL_PATHS:
         worst = None
         for sc in results["scenarios"]:
-            st = ratio_stats(results, sc["key"], key, "serving")
+            st = protocol_stats(results, sc["key"], key)
             if st is not None and (worst is None or st["median"] < worst[1]):
                 worst = (sc["label"], st["median"])
         add(
@@ -309,6 +322,18 @@ def ratio_table(results: dict) -> list[str]:
     return lines
 
 
+def parity_how(results: dict) -> str:
+    """How the protocol ratios were taken, for the sentence above their table."""
+    parity = results.get("parity") or {}
+    if not parity.get("ratios"):
+        return " (the median of the rounds' ratios, then their min-max)"
+    cycles = max((len(v) for per in parity["ratios"].values() for v in per.values()), default=0)
+    return (
+        f" ({parity['slices']} cycles per round of {parity['seconds']:g} s runs of each path in turn, the order"
+        f" rotated each cycle: the median of the {cycles} cycles' ratios, then their min-max)"
+    )
+
+
 def protocol_table(results: dict) -> list[str]:
     """The serving app's other protocol paths over its /predict, same rows, same process."""
     present = _servers(results)
@@ -320,7 +345,7 @@ def protocol_table(results: dict) -> list[str]:
         "|---|" + "---:|" * len(paths),
     ]
     for sc in results["scenarios"]:
-        cells = [_fmt_ratio(ratio_stats(results, sc["key"], key, "serving"), "pct") for key, _ in paths]
+        cells = [_fmt_ratio(protocol_stats(results, sc["key"], key), "pct") for key, _ in paths]
         lines.append(f"| {sc['label']} | " + " | ".join(cells) + " |")
     return lines
 
@@ -336,7 +361,11 @@ def spread_notes(results: dict) -> list[str]:
         pairs = [("serving", key, label) for key, label, _ in RATIO_PEERS if key in present]
         pairs += [(key, "serving", f"{label} / /predict") for key, label in PROTOCOL_PATHS if key in present]
         for num, den, label in pairs:
-            st = ratio_stats(results, sc["key"], num, den)
+            st = (
+                protocol_stats(results, sc["key"], num)
+                if den == "serving"
+                else ratio_stats(results, sc["key"], num, den)
+            )
             if st and st["spread"] > SPREAD_LIMIT:
                 name = label if num != "serving" else f"serving / {label}"
                 wide.append(f"{name} at {sc['label']} ({st['min']:.2f}-{st['max']:.2f}, {st['spread']:.1f}x)")
@@ -553,7 +582,13 @@ def render_section(results: dict, plot_name: str | None = "benchmarks.png") -> s
     lines += ["", f"Ratios of requests/s in this run{per_round}:", ""] + ratio_table(results)
     protocols = protocol_table(results)
     if protocols:
-        lines += ["", "The serving app's other protocols against its `/predict`, same rows, same process:", ""]
+        lines += [
+            "",
+            "The serving app's other protocols against its `/predict`, same rows, same process"
+            + parity_how(results)
+            + ":",
+            "",
+        ]
         lines += protocols
     spread = spread_notes(results)
     if spread:

@@ -612,6 +612,56 @@ def endpoint_order(endpoints: list[Endpoint], round_no: int) -> list[Endpoint]:
     return endpoints[k:] + endpoints[:k]
 
 
+def parity_cycles(
+    server: Server,
+    endpoints: list[Endpoint],
+    batch: list[list[float]],
+    args,
+    work: Path,
+    cpu: str | None,
+    round_no: int,
+) -> dict[str, dict[str, list[float]]]:
+    """Each path's requests/s over /predict's in short runs of a server's paths in turn (A, B, C, A, B, C...).
+
+    The load scenarios give each path one run of ``--duration`` s per round; on a shared machine two
+    such runs seconds apart differ by 20% or more, and each wrk run splits its connections between
+    the two workers anew. Here each scenario runs ``--parity-slices`` cycles of one
+    ``--parity-seconds`` run per path, the order rotated every cycle, and every cycle gives one
+    ratio per path: {scenario: {path key: [ratio per cycle]}}. A cycle with a failed run or an
+    error response is left out (and logged).
+    """
+    if "serving" not in {e.key for e in endpoints} or len(endpoints) < 2:
+        return {}
+    out: dict[str, dict[str, list[float]]] = {}
+    for sc in SCENARIOS:
+        rows = [GUIDE_ROW] if sc.rows == 1 else batch
+        scripts = {e.key: wrk.lua_script(e.body(rows), work / f"{e.key}-{sc.key}.lua") for e in endpoints}
+        for cycle in range(args.parity_slices):
+            got: dict[str, float] = {}
+            for e in endpoint_order(endpoints, round_no + cycle):
+                argv = wrk.command(
+                    server.base_url + e.path, scripts[e.key], sc.connections, args.parity_seconds, cpu=cpu
+                )
+                try:
+                    result, _ = wrk.run(argv)
+                except (RuntimeError, wrk.WrkOutputError) as exc:
+                    log(f"parity {e.label} {sc.label} cycle {cycle + 1} FAILED: {exc}")
+                    break
+                if result.errors or result.rps <= 0:
+                    log(f"parity {e.label} {sc.label} cycle {cycle + 1}: {result.errors} errors, left out")
+                    break
+                got[e.key] = result.rps
+            else:
+                for e in endpoints:
+                    if e.key != "serving":
+                        out.setdefault(sc.key, {}).setdefault(e.key, []).append(got[e.key] / got["serving"])
+        shown = ", ".join(
+            f"{k} {min(v):.0%}-{max(v):.0%} of /predict ({len(v)} cycles)" for k, v in out.get(sc.key, {}).items()
+        )
+        log(f"parity {sc.label}: {shown or 'no complete cycle'}")
+    return out
+
+
 def memory_of(server: Server) -> dict:
     snap = procs.snapshot(server.proc.pid) if server.proc else {}
     out = procs.memory(snap)
@@ -641,6 +691,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="npm run bench --", description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per scenario (default 10)")
     parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per scenario, discarded (default 2)")
+    parser.add_argument(
+        "--parity-slices",
+        type=int,
+        default=4,
+        help="per round and scenario, cycles of short runs of the serving app's paths in turn, for their ratios "
+        "to /predict (default 4; 0: ratios from the load runs)",
+    )
+    parser.add_argument("--parity-seconds", type=float, default=2.0, help="seconds of each of those runs (default 2)")
     parser.add_argument(
         "--rounds",
         type=int,
@@ -782,6 +840,7 @@ def main(argv: list[str] | None = None) -> int:
             by_key = {s.key: s for s in specs}
             endpoints = [e for s in specs for e in s.endpoints]
             rounds: dict[str, list[dict]] = {e.key: [] for e in endpoints}
+            parity: dict[str, dict[str, list[float]]] = {}
             unusable: dict[str, str] = {}
             for server in specs:
                 if server.setup is None:
@@ -827,6 +886,10 @@ def main(argv: list[str] | None = None) -> int:
                     for endpoint in usable:
                         rounds[endpoint.key].append(measured[endpoint.key])
                         done.add(endpoint.key)
+                    if args.parity_slices > 0:
+                        for sc_key, per_path in parity_cycles(server, usable, batch, args, work, wrk_cpu, n).items():
+                            for path_key, ratios in per_path.items():
+                                parity.setdefault(sc_key, {}).setdefault(path_key, []).extend(ratios)
                     memory = memory_of(server)
                     results["starts"].setdefault(key, []).append({"ready_s": round(ready_s, 3), **memory})
                     log(f"{server.label}: ready {ready_s:.2f} s after exec, RSS after load {memory['rss_mib']:.0f} MiB")
@@ -844,6 +907,8 @@ def main(argv: list[str] | None = None) -> int:
                     sc.key: report.combine_rounds([r[sc.key] for r in rounds[endpoint.key]]) for sc in SCENARIOS
                 }
             results["rounds"] = rounds
+            if parity:
+                results["parity"] = {"slices": args.parity_slices, "seconds": args.parity_seconds, "ratios": parity}
             results["servers"] = [
                 {
                     "key": e.key,
@@ -881,6 +946,8 @@ def main(argv: list[str] | None = None) -> int:
         "model_uri": model_uri,
         "duration_s": args.duration,
         "warmup_s": args.warmup,
+        "parity_slices": args.parity_slices,
+        "parity_seconds": args.parity_seconds,
         "rounds": args.rounds,
         "pinning": pinning,
         "server_cpus": server_cpus,

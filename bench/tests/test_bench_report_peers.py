@@ -222,3 +222,31 @@ def test_the_thread_hop_sentence_follows_the_numbers(results):
     assert "the 2.0 extra switches per request over the floor are that hop." in notes
     del results["rounds"]["floor"]
     assert "run_in_threadpool)." in "\n".join(report.balance_notes(results))
+
+
+def test_protocol_ratios_come_from_the_parity_cycles_when_the_run_made_them(results):
+    """Short alternating runs (bench/run.py, parity_cycles) replace the load runs' per-round ratios."""
+    cycles = [0.90, 0.95, 0.92, 0.97, 0.91, 0.93]
+    results["parity"] = {
+        "slices": 2,
+        "seconds": 2.0,
+        "ratios": {
+            sc["key"]: {"serving-v2": cycles, "serving-invocations": [1.0, 1.02, 0.99, 0.98, 1.01, 1.0]}
+            for sc in SCENARIOS
+        },
+    }
+    results["parity"]["ratios"]["batch-c8"]["serving-v2"] = [0.80, 0.85, 0.84, 0.86, 0.81, 0.83]
+    section = report.render_section(results, plot_name=None)
+    assert "2 cycles per round of 2 s runs of each path in turn" in section
+    assert "the median of the 6 cycles' ratios" in section
+    assert "| 1 row, c=1 | 92% (90-97%) | 100% (98-102%) |" in section
+    rows = target_rows(section)
+    name = "V2 `/v2/models/<name>/infer` requests/s / `/predict`, lowest scenario"
+    assert rows[name] == ("84% (100 rows, c=8)", "**not met**")
+    # a cycle spread over 2x is flagged like a round's
+    results["parity"]["ratios"]["row-c32"]["serving-invocations"] = [0.4, 1.0, 1.0]
+    section = report.render_section(results, plot_name=None)
+    assert "MLflow `/invocations` (dataframe_split) / /predict at 1 row, c=32 (0.40-1.00, 2.5x)" in section
+    # without cycles for a path, its ratios are the rounds' again
+    del results["parity"]["ratios"]["row-c1"]["serving-v2"]
+    assert "| 1 row, c=1 | 95% (91-98%) | 100% (98-102%) |" in report.render_section(results, plot_name=None)

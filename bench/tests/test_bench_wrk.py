@@ -137,3 +137,51 @@ def test_wrk_posts_the_script_body_verbatim(tmp_path):
 def test_a_failing_wrk_is_reported_with_its_output():
     with pytest.raises(RuntimeError, match=r"exited with 1:[\s\S]*invalid URL: not-a-url"):
         wrk.run(["wrk", "-c1", "-d1s", "not-a-url"])
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt-get install -y wrk)")
+def test_parity_cycles_give_each_paths_ratio_to_predict_per_cycle(tmp_path, monkeypatch):
+    """Real wrk runs in turn against a tiny server: a path 4 ms slower per request reads far below /predict;
+    a cycle where a path answers errors is left out."""
+    import argparse
+    import time
+    from pathlib import Path
+
+    from bench import run
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # else every answer waits for the client's delayed ACK (~40 ms)
+
+        def do_POST(self):  # noqa: N802 - the stdlib's name
+            self.rfile.read(int(self.headers["Content-Length"]))
+            if self.path == "/slow":
+                time.sleep(0.004)
+            self.send_response(500 if self.path == "/broken" else 200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def endpoint(key: str, path: str) -> run.Endpoint:
+        return run.Endpoint(key, key, path, lambda rows: {"features": rows[0]}, lambda answer, rows: None)
+
+    spec = run.Server("serving", "tiny", [], Path("."), {}, "/", [], port=server.server_address[1])
+    monkeypatch.setattr(run, "SCENARIOS", (run.Scenario("row-c1", "1 row, c=1", 1, 1),))
+    args = argparse.Namespace(parity_slices=2, parity_seconds=1.0)
+    try:
+        fast, slow, broken = endpoint("serving", "/predict"), endpoint("slow", "/slow"), endpoint("broken", "/broken")
+        got = run.parity_cycles(spec, [fast, slow], [[5.1, 3.5, 1.4, 0.2]], args, tmp_path, None, 1)
+        assert list(got) == ["row-c1"] and list(got["row-c1"]) == ["slow"]
+        ratios = got["row-c1"]["slow"]
+        assert len(ratios) == 2 and all(0 < r < 0.5 for r in ratios), ratios
+        assert run.parity_cycles(spec, [fast, slow, broken], [[5.1]], args, tmp_path, None, 1) == {}
+        assert run.parity_cycles(spec, [slow, broken], [[5.1]], args, tmp_path, None, 1) == {}  # no /predict
+    finally:
+        server.shutdown()
+        server.server_close()
