@@ -37,12 +37,19 @@ class HotRoutes:
         self.routes = [(route.path_regex.match, route) for route in routes]
         # A path without parameters is found by one dictionary look-up (a regular expression per route
         # costs ~0.15 us), unless a route listed before it would also match it (first match wins).
+        # Its regular expression ends in "$", which also matches before a final newline ("/predict%0A").
         self.exact: dict[str, APIRoute] = {}
         for n, route in enumerate(routes):
-            if not route.param_convertors and not any(m(route.path) for m, _ in self.routes[:n]):
-                self.exact.setdefault(route.path, route)
-        # Any other path can only match the routes left (a route without parameters matches its own path only).
-        self.scanned = [(m, r) for m, r in self.routes if self.exact.get(r.path) is not r]
+            if route.param_convertors:
+                continue
+            for path in (route.path, route.path + "\n"):
+                if not any(m(path) for m, _ in self.routes[:n]):
+                    self.exact.setdefault(path, route)
+        # Any other path can only match the routes left: a route without parameters matches only the
+        # two paths above, so it is left out of the scan when both are looked up.
+        self.scanned = [
+            (m, r) for m, r in self.routes if not (self.exact.get(r.path) is r and self.exact.get(r.path + "\n") is r)
+        ]
 
     def find(self, path: str) -> tuple[APIRoute, dict[str, str]] | None:
         """The route a POST to ``path`` is handed to, with its path parameters; None: FastAPI routes it."""

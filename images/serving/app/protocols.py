@@ -257,7 +257,7 @@ def v2_answer(
     render cache): a third of the time of serialising the dict. tests/test_serving_fastpath.py
     compares the two. Also the class ids (ValueError when a probability is not finite).
     """
-    head, tail, ids = _v2_frame(renderer, model_name, outputs, proba)
+    head, tail, ids = _v2_frame(renderer, model_name, tuple(outputs), proba)
     return (head + _json_str(request_id) + tail).encode(), ids
 
 

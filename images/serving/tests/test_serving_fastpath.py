@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import random
 import subprocess
 import sys
@@ -172,6 +173,10 @@ def test_batches_of_any_size_are_answered_on_the_event_loop(client, monkeypatch)
 # -- HotRoutes: the route FastAPI's router would pick -----------------------------------------------------
 PATHS = [
     "/predict",
+    "/predict\n",  # "%0A" decoded: the routes' "$" matches before a final newline
+    "/invocations\n",
+    "/v2/models/iris-classifier/infer\n",
+    "/predict\n\n",
     "/predict/",
     "/predictx",
     "/invocations",
@@ -236,12 +241,13 @@ def test_hot_routes_keep_fastapis_first_match_when_a_route_before_a_fixed_path_m
 
     routes = [r for r in app.routes if isinstance(r, APIRoute)]
     hot = HotRoutes(app.router, routes)
-    for path in ("/items/special", "/items/x", "/other", "/other/", "/items/", "/nowhere"):
+    paths = ("/items/special", "/items/special\n", "/items/x", "/other", "/other\n", "/other/", "/items/", "/nowhere")
+    for path in paths:
         found = hot.find(path)
         routed = fastapi_route(app, path)
         assert (found[0] if found else None) is routed, path
     assert hot.find("/items/special")[1] == {"name": "special"}
-    assert set(hot.exact) == {"/other"}  # the shadowed fixed path is matched in order, not looked up
+    assert set(hot.exact) == {"/other", "/other\n"}  # the shadowed fixed path is matched in order, not looked up
 
 
 def test_hot_routes_are_the_prediction_posts(client):
@@ -509,7 +515,8 @@ provider = TracerProvider()
 provider.add_span_processor(SimpleSpanProcessor(exporter))
 trace.set_tracer_provider(provider)
 if sys.argv[1] == "app":
-    os.environ.update(MODELS_DIR=tempfile.mkdtemp(), PROMETHEUS_MULTIPROC_DIR="")
+    os.environ["MODELS_DIR"] = tempfile.mkdtemp()
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)  # set even empty, prometheus_client writes files in the cwd
     from app.main import create_app
     app = create_app()
 else:  # a bare FastAPI app: its default
@@ -523,20 +530,24 @@ print(len(exporter.get_finished_spans()))
 
 
 @pytest.mark.parametrize(("which", "spans"), [("bare", True), ("app", False)])
-def test_fastapis_telemetry_is_off_even_with_a_tracer_provider_configured(which, spans):
+def test_fastapis_telemetry_is_off_even_with_a_tracer_provider_configured(which, spans, tmp_path):
     """FastAPI's bridge looked up the OpenTelemetry providers on every request (~3 us); the app turns it off.
 
     A separate interpreter: the global tracer provider can be set once per process. A bare FastAPI
-    app traces the same requests (the probe sees spans when the bridge is on).
+    app traces the same requests (the probe sees spans when the bridge is on). It runs in an empty
+    directory, which must stay empty (no metrics files left behind).
     """
+    serving_dir = str(Path(__file__).resolve().parents[1])
     out = subprocess.run(
         [sys.executable, "-c", TELEMETRY_PROBE, which],
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": serving_dir},
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
+    assert list(tmp_path.iterdir()) == []
     assert (int(out.stdout.split()[-1]) > 0) is spans
 
 
