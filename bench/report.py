@@ -131,13 +131,14 @@ def ratio_stats(results: dict, scenario: str, num: str, den: str) -> dict | None
     return stats(round_ratios(results, scenario, num, den))
 
 
+def protocol_cycles(results: dict, scenario: str, key: str) -> list[float]:
+    """A protocol path's requests/s over /predict's per cycle of the parity runs (bench/run.py, parity_cycles)."""
+    return list(((results.get("parity") or {}).get("ratios") or {}).get(scenario, {}).get(key) or [])
+
+
 def protocol_ratios(results: dict, scenario: str, key: str) -> list[float]:
-    """A protocol path's requests/s over /predict's: per cycle of the parity runs when the run made them
-    (bench/run.py, parity_cycles), else per round of the load runs."""
-    cycles = ((results.get("parity") or {}).get("ratios") or {}).get(scenario, {}).get(key)
-    if cycles:
-        return list(cycles)
-    return round_ratios(results, scenario, key, "serving")
+    """A protocol path's ratios to /predict: per cycle of the parity runs when there are any, else per round."""
+    return protocol_cycles(results, scenario, key) or round_ratios(results, scenario, key, "serving")
 
 
 def protocol_stats(results: dict, scenario: str, key: str) -> dict | None:
@@ -345,15 +346,20 @@ def protocol_table(results: dict) -> list[str]:
         "|---|" + "---:|" * len(paths),
     ]
     for sc in results["scenarios"]:
-        cells = [_fmt_ratio(protocol_stats(results, sc["key"], key), "pct") for key, _ in paths]
+        cells = []
+        for key, _ in paths:
+            cell = _fmt_ratio(protocol_stats(results, sc["key"], key), "pct")
+            if results.get("parity") and not protocol_cycles(results, sc["key"], key) and cell != "n/a":
+                cell += " (load runs: no parity cycle)"
+            cells.append(cell)
         lines.append(f"| {sc['label']} | " + " | ".join(cells) + " |")
     return lines
 
 
 def spread_notes(results: dict) -> list[str]:
-    """Which ratios moved more than SPREAD_LIMIT between rounds (or that none did)."""
+    """Which ratios moved more than SPREAD_LIMIT between rounds, or between parity cycles (or that none did)."""
     rounds = (results.get("settings") or {}).get("rounds", 1)
-    if rounds < 2:
+    if rounds < 2 and not (results.get("parity") or {}).get("ratios"):
         return []
     present = _servers(results)
     wide = []
@@ -368,11 +374,15 @@ def spread_notes(results: dict) -> list[str]:
             )
             if st and st["spread"] > SPREAD_LIMIT:
                 name = label if num != "serving" else f"serving / {label}"
-                wide.append(f"{name} at {sc['label']} ({st['min']:.2f}-{st['max']:.2f}, {st['spread']:.1f}x)")
+                among = "cycles" if den == "serving" and protocol_cycles(results, sc["key"], num) else "rounds"
+                wide.append(
+                    f"{name} at {sc['label']} ({st['min']:.2f}-{st['max']:.2f}, {st['spread']:.1f}x between {among})"
+                )
+    what = "rounds" if not (results.get("parity") or {}).get("ratios") else "rounds (the protocol paths: cycles)"
     if not wide:
-        return [f"No ratio moved more than {SPREAD_LIMIT:g}x between rounds (max/min of the per-round ratios)."]
+        return [f"No ratio moved more than {SPREAD_LIMIT:g}x between {what} (max/min of their ratios)."]
     return [
-        f"**Ratios that moved more than {SPREAD_LIMIT:g}x between rounds** (max/min of the per-round ratios; read "
+        f"**Ratios that moved more than {SPREAD_LIMIT:g}x between {what}** (max/min of their ratios; read "
         "them as unsettled, not as a result): " + "; ".join(wide) + "."
     ]
 

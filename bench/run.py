@@ -627,12 +627,14 @@ def parity_cycles(
     such runs seconds apart differ by 20% or more, and each wrk run splits its connections between
     the two workers anew. Here each scenario runs ``--parity-slices`` cycles of one
     ``--parity-seconds`` run per path, the order rotated every cycle, and every cycle gives one
-    ratio per path: {scenario: {path key: [ratio per cycle]}}. A cycle with a failed run or an
-    error response is left out (and logged).
+    ratio per path: ({scenario: {path key: [ratio per cycle]}}, failures). A run that fails or
+    gets an error response gives no ratio for its path in that cycle (and is listed in failures);
+    a cycle whose /predict run failed gives none at all.
     """
     if "serving" not in {e.key for e in endpoints} or len(endpoints) < 2:
-        return {}
+        return {}, []
     out: dict[str, dict[str, list[float]]] = {}
+    failures: list[str] = []
     for sc in SCENARIOS:
         rows = [GUIDE_ROW] if sc.rows == 1 else batch
         scripts = {e.key: wrk.lua_script(e.body(rows), work / f"{e.key}-{sc.key}.lua") for e in endpoints}
@@ -645,21 +647,23 @@ def parity_cycles(
                 try:
                     result, _ = wrk.run(argv)
                 except (RuntimeError, wrk.WrkOutputError) as exc:
-                    log(f"parity {e.label} {sc.label} cycle {cycle + 1} FAILED: {exc}")
-                    break
+                    failures.append(f"{e.label} {sc.label} cycle {cycle + 1}: {str(exc).strip().splitlines()[0]}")
+                    log(f"parity FAILED: {failures[-1]}")
+                    continue
                 if result.errors or result.rps <= 0:
-                    log(f"parity {e.label} {sc.label} cycle {cycle + 1}: {result.errors} errors, left out")
-                    break
+                    failures.append(f"{e.label} {sc.label} cycle {cycle + 1}: {result.errors} errors, left out")
+                    log(f"parity FAILED: {failures[-1]}")
+                    continue
                 got[e.key] = result.rps
-            else:
-                for e in endpoints:
-                    if e.key != "serving":
-                        out.setdefault(sc.key, {}).setdefault(e.key, []).append(got[e.key] / got["serving"])
+            if "serving" in got:
+                for key, rate in got.items():
+                    if key != "serving":
+                        out.setdefault(sc.key, {}).setdefault(key, []).append(rate / got["serving"])
         shown = ", ".join(
             f"{k} {min(v):.0%}-{max(v):.0%} of /predict ({len(v)} cycles)" for k, v in out.get(sc.key, {}).items()
         )
         log(f"parity {sc.label}: {shown or 'no complete cycle'}")
-    return out
+    return out, failures
 
 
 def memory_of(server: Server) -> dict:
@@ -698,7 +702,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="per round and scenario, cycles of short runs of the serving app's paths in turn, for their ratios "
         "to /predict (default 4; 0: ratios from the load runs)",
     )
-    parser.add_argument("--parity-seconds", type=float, default=2.0, help="seconds of each of those runs (default 2)")
+    parser.add_argument("--parity-seconds", type=int, default=2, help="seconds of each of those runs (default 2)")
     parser.add_argument(
         "--rounds",
         type=int,
@@ -740,6 +744,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--duration must be between 1 and 600 seconds, got {args.duration:g}")
     if not 0 <= args.warmup <= 60:
         parser.error(f"--warmup must be between 0 and 60 seconds, got {args.warmup:g}")
+    if not 0 <= args.parity_slices <= 20:
+        parser.error(f"--parity-slices must be between 0 and 20, got {args.parity_slices}")
+    if not 1 <= args.parity_seconds <= 60:
+        parser.error(
+            f"--parity-seconds must be between 1 and 60 (whole seconds, as wrk takes them), got {args.parity_seconds}"
+        )
     if not 1 <= args.rounds <= 10:
         parser.error(f"--rounds must be between 1 and 10, got {args.rounds}")
     if not 0 <= args.cold_starts <= 50:
@@ -887,7 +897,10 @@ def main(argv: list[str] | None = None) -> int:
                         rounds[endpoint.key].append(measured[endpoint.key])
                         done.add(endpoint.key)
                     if args.parity_slices > 0:
-                        for sc_key, per_path in parity_cycles(server, usable, batch, args, work, wrk_cpu, n).items():
+                        cycles, failures = parity_cycles(server, usable, batch, args, work, wrk_cpu, n)
+                        if failures:
+                            failed = keep = True
+                        for sc_key, per_path in cycles.items():
                             for path_key, ratios in per_path.items():
                                 parity.setdefault(sc_key, {}).setdefault(path_key, []).extend(ratios)
                     memory = memory_of(server)

@@ -150,7 +150,7 @@ def test_ratio_table_with_every_peer_and_the_spread_called_out(results):
     assert "| 1 row, c=32 | 91% (90-96%) | 20% (18-22%) | 44.0x (40.9-50.0x) | 91.7x (81.8-100.0x) " in section
     assert "50.0x (18.0-110.0x) **spread 6.1x** |" in section
     assert "**Ratios that moved more than 2x between rounds**" in section
-    assert "serving / mlflow models serve at 1 row, c=32 (18.00-110.00, 6.1x)" in section
+    assert "serving / mlflow models serve at 1 row, c=32 (18.00-110.00, 6.1x between rounds)" in section
     assert "the median of the 3 rounds' ratios" in section
 
 
@@ -246,7 +246,12 @@ def test_protocol_ratios_come_from_the_parity_cycles_when_the_run_made_them(resu
     # a cycle spread over 2x is flagged like a round's
     results["parity"]["ratios"]["row-c32"]["serving-invocations"] = [0.4, 1.0, 1.0]
     section = report.render_section(results, plot_name=None)
-    assert "MLflow `/invocations` (dataframe_split) / /predict at 1 row, c=32 (0.40-1.00, 2.5x)" in section
-    # without cycles for a path, its ratios are the rounds' again
+    assert "MLflow `/invocations` (dataframe_split) / /predict at 1 row, c=32 (0.40-1.00, 2.5x between cycles)" in section  # fmt: skip  # noqa: E501
+    assert "**Ratios that moved more than 2x between rounds (the protocol paths: cycles)**" in section
+    # without cycles for a path, its ratios are the rounds' again, and the cell says so
     del results["parity"]["ratios"]["row-c1"]["serving-v2"]
-    assert "| 1 row, c=1 | 95% (91-98%) | 100% (98-102%) |" in report.render_section(results, plot_name=None)
+    section = report.render_section(results, plot_name=None)
+    assert "| 1 row, c=1 | 95% (91-98%) (load runs: no parity cycle) | 100% (98-102%) |" in section
+    # one round with cycles still gets its cycles' spreads checked
+    results["settings"]["rounds"] = 1
+    assert "2.5x between cycles" in report.render_section(results, plot_name=None)

@@ -19,6 +19,13 @@ def test_default_round_order_and_rounds():
     args = run.parse_args([])
     assert args.rounds == 3 and args.pin == "auto"
     assert args.servers == list(run.ENDPOINT_KEYS)
+    assert (args.parity_slices, args.parity_seconds) == (4, 2)
+
+
+@pytest.mark.parametrize("argv", [["--parity-slices", "-1"], ["--parity-seconds", "0"], ["--parity-seconds", "0.5"]])
+def test_parity_options_out_of_range_are_refused(argv):
+    with pytest.raises(SystemExit):
+        run.parse_args(argv)
 
 
 @pytest.mark.parametrize(

@@ -142,7 +142,7 @@ def test_a_failing_wrk_is_reported_with_its_output():
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt-get install -y wrk)")
 def test_parity_cycles_give_each_paths_ratio_to_predict_per_cycle(tmp_path, monkeypatch):
     """Real wrk runs in turn against a tiny server: a path 4 ms slower per request reads far below /predict;
-    a cycle where a path answers errors is left out."""
+    a path answering errors gives no ratio and is listed as failed, without losing the other path's."""
     import argparse
     import time
     from pathlib import Path
@@ -173,15 +173,18 @@ def test_parity_cycles_give_each_paths_ratio_to_predict_per_cycle(tmp_path, monk
 
     spec = run.Server("serving", "tiny", [], Path("."), {}, "/", [], port=server.server_address[1])
     monkeypatch.setattr(run, "SCENARIOS", (run.Scenario("row-c1", "1 row, c=1", 1, 1),))
-    args = argparse.Namespace(parity_slices=2, parity_seconds=1.0)
+    args = argparse.Namespace(parity_slices=2, parity_seconds=1)
     try:
         fast, slow, broken = endpoint("serving", "/predict"), endpoint("slow", "/slow"), endpoint("broken", "/broken")
-        got = run.parity_cycles(spec, [fast, slow], [[5.1, 3.5, 1.4, 0.2]], args, tmp_path, None, 1)
+        got, failures = run.parity_cycles(spec, [fast, slow], [[5.1, 3.5, 1.4, 0.2]], args, tmp_path, None, 1)
+        assert failures == []
         assert list(got) == ["row-c1"] and list(got["row-c1"]) == ["slow"]
         ratios = got["row-c1"]["slow"]
         assert len(ratios) == 2 and all(0 < r < 0.5 for r in ratios), ratios
-        assert run.parity_cycles(spec, [fast, slow, broken], [[5.1]], args, tmp_path, None, 1) == {}
-        assert run.parity_cycles(spec, [slow, broken], [[5.1]], args, tmp_path, None, 1) == {}  # no /predict
+        got, failures = run.parity_cycles(spec, [fast, slow, broken], [[5.1]], args, tmp_path, None, 1)
+        assert list(got["row-c1"]) == ["slow"] and len(got["row-c1"]["slow"]) == 2
+        assert len(failures) == 2 and all(f.startswith("broken 1 row, c=1 cycle") for f in failures), failures
+        assert run.parity_cycles(spec, [slow, broken], [[5.1]], args, tmp_path, None, 1) == ({}, [])  # no /predict
     finally:
         server.shutdown()
         server.server_close()
