@@ -37,7 +37,7 @@ from .inputs import (
     validation_problems,
 )
 from .model import N_FEATURES, LoadedModel, ModelHolder
-from .render import CACHED_ANSWERS, Renderer
+from .render import Renderer, remember, row_key
 from .schemas import MAX_BATCH
 
 _json_str = encode_basestring_ascii
@@ -277,13 +277,17 @@ def _v2_frame(
     one-row answers skip the class id and the assembly of their outputs (~3 us) and only the id is
     filled in.
     """
-    key = None
     if len(proba) == 1 and outputs in _MEMO_OUTPUTS:
-        key = ("v2", np.ascontiguousarray(proba, dtype=np.float64).tobytes(), model_name, outputs)
-        frame = renderer.memo.get(key)
-        if frame is not None:
-            return frame
+        key = ("v2", row_key(proba), model_name, outputs)
+        return remember(renderer.memo, key, _build_v2_frame, renderer, model_name, outputs, proba)
+    return _build_v2_frame(renderer, model_name, outputs, proba)
+
+
+def _build_v2_frame(
+    renderer: Renderer, model_name: str, outputs: tuple[str, ...], proba: np.ndarray
+) -> tuple[str, str, np.ndarray]:
     ids = renderer.class_ids(proba)  # ValueError when not finite
+    ids.setflags(write=False)  # shared by the answers from the memo
     parts = []
     for name in outputs:
         if name == "predict":
@@ -293,15 +297,11 @@ def _v2_frame(
             data = ",".join(renderer.values(proba))
             shape = ",".join(map(str, proba.shape))
             parts.append(f'{{"name":"predict_proba","datatype":"FP64","shape":[{shape}],"data":[{data}]}}')
-    frame = (
+    return (
         f'{{"model_name":{_json_str(model_name)},"model_version":{renderer.version},"id":',
         f',"parameters":{{}},"outputs":[{",".join(parts)}]}}',
         ids,
     )
-    if key is not None and len(renderer.memo) < CACHED_ANSWERS:
-        ids.setflags(write=False)  # shared by the answers from the memo
-        renderer.memo[key] = frame
-    return frame
 
 
 def add_v2_routes(app: FastAPI, s: Serving) -> None:
@@ -440,18 +440,15 @@ def mlflow_answer(renderer: Renderer, proba: np.ndarray) -> tuple[bytes, np.ndar
 
     A one-row answer is kept in the renderer's memo, keyed by the row's bytes, as V2's frames are.
     """
-    key = None
     if len(proba) == 1:
-        key = ("mlflow", np.ascontiguousarray(proba, dtype=np.float64).tobytes())
-        answer = renderer.memo.get(key)
-        if answer is not None:
-            return answer
-    ids = renderer.class_ids(proba)
-    answer = ('{"predictions":[' + ",".join(map(str, ids.tolist())) + "]}").encode(), ids
-    if key is not None and len(renderer.memo) < CACHED_ANSWERS:
-        ids.setflags(write=False)
-        renderer.memo[key] = answer
-    return answer
+        return remember(renderer.memo, ("mlflow", row_key(proba)), _build_mlflow_answer, renderer, proba)
+    return _build_mlflow_answer(renderer, proba)
+
+
+def _build_mlflow_answer(renderer: Renderer, proba: np.ndarray) -> tuple[bytes, np.ndarray]:
+    ids = renderer.class_ids(proba)  # ValueError when not finite
+    ids.setflags(write=False)  # shared by the answers from the memo
+    return ('{"predictions":[' + ",".join(map(str, ids.tolist())) + "]}").encode(), ids
 
 
 def _json_utf8(content_type: str) -> bool:

@@ -55,17 +55,9 @@ class Renderer:
         One row answered before: from a cache keyed by its bytes (it was finite then), skipping the
         finiteness check and argmax. The cached arrays are shared, so they are read-only.
         """
-        key = None
-        if len(proba) == 1:
-            key = np.ascontiguousarray(proba, dtype=np.float64).tobytes()
-            ids = self._ids.get(key)
-            if ids is not None:
-                return ids
-        ids = _finite_class_ids(proba)
-        if key is not None and len(self._ids) < CACHED_ANSWERS:
-            ids.setflags(write=False)
-            self._ids[key] = ids
-        return ids
+        if len(proba) != 1:
+            return _finite_class_ids(proba)
+        return remember(self._ids, row_key(proba), _read_only_class_ids, proba)
 
     def values(self, proba: np.ndarray) -> list[str]:
         """Per row, its probabilities as JSON numbers joined by commas (``1.0,0.0,0.0``), as json.dumps writes them."""
@@ -78,16 +70,12 @@ class Renderer:
         so the finiteness check, argmax and assembly are all skipped (~3 us of a one-row request).
         The ids array is shared between the answers of a row, so it is read-only.
         """
-        proba = np.ascontiguousarray(proba, dtype=np.float64)
-        key = proba.tobytes()
-        answer = self._singles.get(key)
-        if answer is None:
-            rows, ids = self.rows(proba)
-            ids.setflags(write=False)
-            answer = ((rows[0][:-1] + ',"model_version":' + self.version + "}").encode(), ids)
-            if len(self._singles) < CACHED_ANSWERS:
-                self._singles[key] = answer
-        return answer
+        return remember(self._singles, row_key(proba), self._single, proba)
+
+    def _single(self, proba: np.ndarray) -> tuple[bytes, np.ndarray]:
+        rows, ids = self.rows(proba)
+        ids.setflags(write=False)
+        return (rows[0][:-1] + ',"model_version":' + self.version + "}").encode(), ids
 
     def batch(self, proba: np.ndarray) -> tuple[bytes, np.ndarray]:
         rows, ids = self.rows(proba)
@@ -99,6 +87,32 @@ def _finite_class_ids(proba: np.ndarray) -> np.ndarray:
     if not np.isfinite(proba).all():
         raise ValueError("the model returned non-finite probabilities")
     return proba.argmax(axis=1)
+
+
+def _read_only_class_ids(proba: np.ndarray) -> np.ndarray:
+    ids = _finite_class_ids(proba)
+    ids.setflags(write=False)
+    return ids
+
+
+def row_key(proba: np.ndarray) -> bytes:
+    """The cache key of a one-row answer: the row's float64 bytes (0.0 and -0.0 differ, as their JSON does)."""
+    return np.ascontiguousarray(proba, dtype=np.float64).tobytes()
+
+
+def remember(cache: dict, key, build, *args):
+    """``cache[key]``; else ``build(*args)``, kept while the cache holds fewer than CACHED_ANSWERS entries.
+
+    The one-row answers' memos (here and in app/protocols.py): what ``build`` returns is shared by
+    later answers, so the class ids in it must be read-only. A value that raises (non-finite
+    probabilities) is never kept.
+    """
+    value = cache.get(key)
+    if value is None:
+        value = build(*args)
+        if len(cache) < CACHED_ANSWERS:
+            cache[key] = value
+    return value
 
 
 def _cached(cache: dict[bytes, str], proba: np.ndarray, render) -> list[str]:
