@@ -131,9 +131,14 @@ def ratio_stats(results: dict, scenario: str, num: str, den: str) -> dict | None
     return stats(round_ratios(results, scenario, num, den))
 
 
+def parity_ratios(results: dict) -> dict:
+    """{scenario: {path key: [ratio per cycle]}} of the parity runs (bench/run.py, parity_cycles); {} without."""
+    return (results.get("parity") or {}).get("ratios") or {}
+
+
 def protocol_cycles(results: dict, scenario: str, key: str) -> list[float]:
-    """A protocol path's requests/s over /predict's per cycle of the parity runs (bench/run.py, parity_cycles)."""
-    return list(((results.get("parity") or {}).get("ratios") or {}).get(scenario, {}).get(key) or [])
+    """A protocol path's requests/s over /predict's per cycle of the parity runs."""
+    return list(parity_ratios(results).get(scenario, {}).get(key) or [])
 
 
 def protocol_ratios(results: dict, scenario: str, key: str) -> list[float]:
@@ -325,9 +330,9 @@ def ratio_table(results: dict) -> list[str]:
 
 def parity_how(results: dict) -> str:
     """How the protocol ratios were taken, for the sentence above their table."""
-    parity = results.get("parity") or {}
-    if not parity.get("ratios"):
+    if not parity_ratios(results):
         return " (the median of the rounds' ratios, then their min-max)"
+    parity = results["parity"]
     cycles = max((len(v) for per in parity["ratios"].values() for v in per.values()), default=0)
     return (
         f" ({parity['slices']} cycles per round of {parity['seconds']:g} s runs of each path in turn, the order"
@@ -349,7 +354,7 @@ def protocol_table(results: dict) -> list[str]:
         cells = []
         for key, _ in paths:
             cell = _fmt_ratio(protocol_stats(results, sc["key"], key), "pct")
-            if results.get("parity") and not protocol_cycles(results, sc["key"], key) and cell != "n/a":
+            if parity_ratios(results) and not protocol_cycles(results, sc["key"], key) and cell != "n/a":
                 cell += " (load runs: no parity cycle)"
             cells.append(cell)
         lines.append(f"| {sc['label']} | " + " | ".join(cells) + " |")
@@ -359,7 +364,7 @@ def protocol_table(results: dict) -> list[str]:
 def spread_notes(results: dict) -> list[str]:
     """Which ratios moved more than SPREAD_LIMIT between rounds, or between parity cycles (or that none did)."""
     rounds = (results.get("settings") or {}).get("rounds", 1)
-    if rounds < 2 and not (results.get("parity") or {}).get("ratios"):
+    if rounds < 2 and not parity_ratios(results):
         return []
     present = _servers(results)
     wide = []
@@ -378,7 +383,7 @@ def spread_notes(results: dict) -> list[str]:
                 wide.append(
                     f"{name} at {sc['label']} ({st['min']:.2f}-{st['max']:.2f}, {st['spread']:.1f}x between {among})"
                 )
-    what = "rounds" if not (results.get("parity") or {}).get("ratios") else "rounds (the protocol paths: cycles)"
+    what = "rounds (the protocol paths: cycles)" if parity_ratios(results) else "rounds"
     if not wide:
         return [f"No ratio moved more than {SPREAD_LIMIT:g}x between {what} (max/min of their ratios)."]
     return [

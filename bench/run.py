@@ -585,8 +585,7 @@ def load_scenario(
 ) -> dict:
     """One scenario on one path of a started server: wrk's result and where the CPU went."""
     url = server.base_url + endpoint.path
-    rows = [GUIDE_ROW] if sc.rows == 1 else batch
-    script = wrk.lua_script(endpoint.body(rows), work / f"{endpoint.key}-{sc.key}.lua")
+    script = scenario_script(endpoint, sc, batch, work)
     if args.warmup > 0:
         wrk.run(wrk.command(url, script, sc.connections, args.warmup, cpu=cpu))
     argv = wrk.command(url, script, sc.connections, args.duration, cpu=cpu)
@@ -597,6 +596,12 @@ def load_scenario(
         f"p99 {result.p99_ms:7.2f} ms  errors {result.errors}  {procs.describe_split(split)}"
     )
     return {**result.to_dict(), "procs": split}
+
+
+def scenario_script(endpoint: Endpoint, sc: Scenario, batch: list[list[float]], work: Path) -> Path:
+    """The wrk script that POSTs the scenario's rows (the guide's row, or the batch) in the path's protocol."""
+    rows = [GUIDE_ROW] if sc.rows == 1 else batch
+    return wrk.lua_script(endpoint.body(rows), work / f"{endpoint.key}-{sc.key}.lua")
 
 
 def endpoint_order(endpoints: list[Endpoint], round_no: int) -> list[Endpoint]:
@@ -620,7 +625,7 @@ def parity_cycles(
     work: Path,
     cpu: str | None,
     round_no: int,
-) -> dict[str, dict[str, list[float]]]:
+) -> tuple[dict[str, dict[str, list[float]]], list[str]]:
     """Each path's requests/s over /predict's in short runs of a server's paths in turn (A, B, C, A, B, C...).
 
     The load scenarios give each path one run of ``--duration`` s per round; on a shared machine two
@@ -636,8 +641,7 @@ def parity_cycles(
     out: dict[str, dict[str, list[float]]] = {}
     failures: list[str] = []
     for sc in SCENARIOS:
-        rows = [GUIDE_ROW] if sc.rows == 1 else batch
-        scripts = {e.key: wrk.lua_script(e.body(rows), work / f"{e.key}-{sc.key}.lua") for e in endpoints}
+        scripts = {e.key: scenario_script(e, sc, batch, work) for e in endpoints}
         for cycle in range(args.parity_slices):
             got: dict[str, float] = {}
             for e in endpoint_order(endpoints, round_no + cycle):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import re
@@ -96,18 +97,17 @@ def test_command_pins_wrk_when_asked(tmp_path):
     assert wrk.command("http://h/", tmp_path / "s.lua", 1, 2.4)[:4] == ["wrk", "-t1", "-c1", "-d2s"]
 
 
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt-get install -y wrk)")
-def test_wrk_posts_the_script_body_verbatim(tmp_path):
-    """A real wrk run against a tiny server: method, content type and body arrive exactly as scripted."""
-    seen: list[tuple[str, str, bytes]] = []
+@contextlib.contextmanager
+def tiny_server(answer):
+    """A threaded HTTP/1.1 server on a free loopback port, yielded; every POST gets ``answer(request, body)``
+    as its status and ``{}`` as its body."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # else every answer waits for the client's delayed ACK (~40 ms)
 
         def do_POST(self):  # noqa: N802 - the stdlib's name
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            seen.append((self.command, self.headers["Content-Type"], body))
-            status = 200 if len(seen) % 2 else 500  # every other answer is an error wrk must count
+            status = answer(self, self.rfile.read(int(self.headers["Content-Length"])))
             self.send_response(status)
             self.send_header("Content-Length", "2")
             self.end_headers()
@@ -119,13 +119,25 @@ def test_wrk_posts_the_script_body_verbatim(tmp_path):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        body = {"features": [5.1, 3.5, 1.4, 0.2], "note": "a ]] inside"}
-        script = wrk.lua_script(body, tmp_path / "body.lua")
-        url = f"http://127.0.0.1:{server.server_address[1]}/predict"
-        result, raw = wrk.run(wrk.command(url, script, 1, 1))
+        yield server.server_address[1]
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt-get install -y wrk)")
+def test_wrk_posts_the_script_body_verbatim(tmp_path):
+    """A real wrk run against a tiny server: method, content type and body arrive exactly as scripted."""
+    seen: list[tuple[str, str, bytes]] = []
+
+    def answer(request, body: bytes) -> int:
+        seen.append((request.command, request.headers["Content-Type"], body))
+        return 200 if len(seen) % 2 else 500  # every other answer is an error wrk must count
+
+    with tiny_server(answer) as port:
+        body = {"features": [5.1, 3.5, 1.4, 0.2], "note": "a ]] inside"}
+        script = wrk.lua_script(body, tmp_path / "body.lua")
+        result, raw = wrk.run(wrk.command(f"http://127.0.0.1:{port}/predict", script, 1, 1))
     assert seen, raw
     assert {(m, ct) for m, ct, _ in seen} == {("POST", "application/json")}
     assert {b for _, _, b in seen} == {json.dumps(body, separators=(",", ":")).encode()}
@@ -149,32 +161,18 @@ def test_parity_cycles_give_each_paths_ratio_to_predict_per_cycle(tmp_path, monk
 
     from bench import run
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True  # else every answer waits for the client's delayed ACK (~40 ms)
-
-        def do_POST(self):  # noqa: N802 - the stdlib's name
-            self.rfile.read(int(self.headers["Content-Length"]))
-            if self.path == "/slow":
-                time.sleep(0.004)
-            self.send_response(500 if self.path == "/broken" else 200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"{}")
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    def answer(request, body: bytes) -> int:
+        if request.path == "/slow":
+            time.sleep(0.004)
+        return 500 if request.path == "/broken" else 200
 
     def endpoint(key: str, path: str) -> run.Endpoint:
         return run.Endpoint(key, key, path, lambda rows: {"features": rows[0]}, lambda answer, rows: None)
 
-    spec = run.Server("serving", "tiny", [], Path("."), {}, "/", [], port=server.server_address[1])
     monkeypatch.setattr(run, "SCENARIOS", (run.Scenario("row-c1", "1 row, c=1", 1, 1),))
     args = argparse.Namespace(parity_slices=2, parity_seconds=1)
-    try:
+    with tiny_server(answer) as port:
+        spec = run.Server("serving", "tiny", [], Path("."), {}, "/", [], port=port)
         fast, slow, broken = endpoint("serving", "/predict"), endpoint("slow", "/slow"), endpoint("broken", "/broken")
         got, failures = run.parity_cycles(spec, [fast, slow], [[5.1, 3.5, 1.4, 0.2]], args, tmp_path, None, 1)
         assert failures == []
@@ -185,6 +183,3 @@ def test_parity_cycles_give_each_paths_ratio_to_predict_per_cycle(tmp_path, monk
         assert list(got["row-c1"]) == ["slow"] and len(got["row-c1"]["slow"]) == 2
         assert len(failures) == 2 and all(f.startswith("broken 1 row, c=1 cycle") for f in failures), failures
         assert run.parity_cycles(spec, [slow, broken], [[5.1]], args, tmp_path, None, 1) == ({}, [])  # no /predict
-    finally:
-        server.shutdown()
-        server.server_close()
